@@ -1,0 +1,10 @@
+"""paulkit: PAUL (CVPR 2019) patch-based unsupervised person re-identification, taught in
+notebooks and implemented as a small tested package.
+
+The pipeline is the module layout: ``config`` -> ``data`` -> ``models`` -> ``memory`` ->
+``losses`` -> ``train`` -> ``evaluation`` -> ``viz`` / ``widgets``.
+"""
+
+__version__ = "0.1.0"
+
+from paulkit import config, utils  # noqa: E402,F401

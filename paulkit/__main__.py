@@ -1,0 +1,3 @@
+from paulkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""Configuration: frozen dataclasses, named presets, and the places paulkit reads and writes.
+
+One setting picks the size of every run: the environment variable ``PAULKIT_PRESET``
+(read by :func:`preset_from_env`). CI and a CPU get the small ``tutorial`` preset without
+being told; a GPU gets ``synth_gpu`` unless real data is configured.
+
+Taught in: notebooks/00_overview.ipynb (presets), notebooks/05_source_pretraining.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "AdaptConfig",
+    "Config",
+    "PRESETS",
+    "get_preset",
+    "preset_from_env",
+    "override",
+    "config_hash",
+    "config_to_dict",
+    "config_from_dict",
+    "project_root",
+    "data_root",
+    "synth_root",
+    "output_root",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how big they are fed to the network.
+
+    ``source``/``target`` are ``"synth"`` (the embedded generator, see
+    :mod:`paulkit.data.synth`) or a real data set name: ``"market1501"``,
+    ``"dukemtmcreid"``, ``"msmt17"`` read from ``root`` (or ``PAULKIT_DATA``).
+    """
+
+    source: str = "synth"
+    target: str = "synth"
+    synth_preset: str = "tiny"
+    synth_seed: int = 0
+    root: str | None = None
+    height: int = 64
+    width: int = 32
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """PatchNet's shape (PAPER.md "Network: PatchNet")."""
+
+    arch: str = "resnet50"  # "resnet50" (paper), "resnet18", or "small" (CPU tutorials)
+    weights: str | None = None  # None, "imagenet", or a path to a local torchvision state dict
+    num_patches: int = 6
+    patch_dim: int = 256
+    embed_dim: int = 128
+    small_width: int = 32
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised source pretraining (PAPER.md "Supervised pretraining")."""
+
+    epochs: int = 60
+    batch_size: int = 48  # true pairs per batch (2 x images)
+    lr_new: float = 0.1
+    lr_backbone: float = 0.01
+    lr_stn: float = 1e-5
+    lr_step: int = 40  # x0.1 for the new layers and the backbone from this epoch
+    stn_start: int = 25  # the patch generator learns from this epoch ...
+    stn_stop: int = 40  # ... until this one (exclusive)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    triplet_weight: float = 0.1
+    triplet_margin: float = 1.0
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Unsupervised PAUL adaptation (PAPER.md "Unsupervised training")."""
+
+    epochs: int = 60
+    batch_size: int = 42  # images per batch; each gives num_views views
+    num_views: int = 2
+    lr: float = 1e-4
+    lr_step: int = 50
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    pedal_weight: float = 2.0
+    ipfl_weight: float = 1.0
+    pedal_scale: float = 15.0
+    pedal_k: int = 10
+    ipfl_margin: float = 2.0
+    ipfl_max_iter: int = 15
+    ipfl_nearest: int = 3
+    memory_momentum: float = 0.1
+    eval_every: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: data, model, both training phases and the runtime switches."""
+
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    seed: int = 0
+    deterministic: bool = False
+    amp: bool = True  # mixed precision on CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+
+
+def _paper(name: str, target: str, batch: int, scale: float) -> Config:
+    return Config(
+        name=name,
+        data=DataConfig(source="msmt17", target=target, height=384, width=128, num_workers=8),
+        model=ModelConfig(arch="resnet50", weights="imagenet"),
+        pretrain=PretrainConfig(),
+        adapt=AdaptConfig(batch_size=batch, pedal_scale=scale),
+    )
+
+
+PRESETS: dict[str, Config] = {
+    # CPU presets for the embedded synthetic data (planned with ../shared/MEASURED.md).
+    "tutorial": Config(
+        name="tutorial",
+        data=DataConfig(synth_preset="tiny", height=64, width=32),
+        model=ModelConfig(arch="small", small_width=32),
+        pretrain=PretrainConfig(epochs=12, batch_size=32, lr_step=9, stn_start=6, stn_stop=9),
+        adapt=AdaptConfig(epochs=6, batch_size=32, lr=1e-2, lr_step=5, eval_every=2),
+    ),
+    "synth_small": Config(
+        name="synth_small",
+        data=DataConfig(synth_preset="small", height=64, width=32),
+        model=ModelConfig(arch="small", small_width=32),
+        pretrain=PretrainConfig(epochs=20, batch_size=32, lr_step=15, stn_start=10, stn_stop=15),
+        adapt=AdaptConfig(epochs=10, batch_size=32, lr=1e-2, lr_step=8, eval_every=2),
+    ),
+    # A larger synthetic run for a GPU (ResNet-50 at 256x128, ImageNet weights when present).
+    "synth_gpu": Config(
+        name="synth_gpu",
+        data=DataConfig(synth_preset="small", height=256, width=128, num_workers=4),
+        model=ModelConfig(arch="resnet50", weights=None),
+        pretrain=PretrainConfig(epochs=30, lr_step=20, stn_start=12, stn_stop=20),
+        adapt=AdaptConfig(epochs=20, lr_step=15, eval_every=5),
+    ),
+    # The paper's settings (PAPER.md), pretrained on MSMT17.
+    "paper_market": _paper("paper_market", "market1501", batch=42, scale=15.0),
+    "paper_duke": _paper("paper_duke", "dukemtmcreid", batch=40, scale=5.0),
+}
+
+
+def get_preset(name: str) -> Config:
+    """Return the named preset; the error lists the valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def preset_from_env(name: str | None = None) -> Config:
+    """The preset to run: ``name`` when given (e.g. a notebook's ``parameters`` cell), else
+    the environment variable ``PAULKIT_PRESET``, else chosen by device.
+
+    Without a setting, a machine with a CUDA GPU gets ``synth_gpu`` and anything else
+    (CI, a laptop) the small CPU preset ``tutorial``.
+    """
+    name = name or os.environ.get("PAULKIT_PRESET")
+    if not name:
+        import torch
+
+        name = "synth_gpu" if torch.cuda.is_available() else "tutorial"
+    return get_preset(name)
+
+
+def _coerce(value: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected true/false, got {value!r}")
+    if value.lower() in ("none", "null") and (current is None or isinstance(current, str)):
+        return None
+    try:
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except ValueError:
+        kind = type(current).__name__
+        raise ValueError(f"--set {key}: expected a number ({kind}), got {value!r}") from None
+    return value
+
+
+def override(cfg: Config, *assignments: str) -> Config:
+    """Apply ``key=value`` overrides, e.g. ``"adapt.epochs=3"`` or ``"seed=1"``."""
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) == 1:
+            if parts[0] not in {f.name for f in dataclasses.fields(cfg)} or parts[0] in (
+                "data",
+                "model",
+                "pretrain",
+                "adapt",
+            ):
+                raise ValueError(f"--set: unknown key {key!r}")
+            cfg = replace(cfg, **{parts[0]: _coerce(value, getattr(cfg, parts[0]), key)})
+        elif len(parts) == 2 and parts[0] in ("data", "model", "pretrain", "adapt"):
+            section = getattr(cfg, parts[0])
+            names = {f.name for f in dataclasses.fields(section)}
+            if parts[1] not in names:
+                raise ValueError(
+                    f"--set: unknown key {key!r}; {parts[0]} has: {', '.join(sorted(names))}"
+                )
+            new = replace(section, **{parts[1]: _coerce(value, getattr(section, parts[1]), key)})
+            cfg = replace(cfg, **{parts[0]: new})
+        else:
+            raise ValueError(f"--set: unknown key {key!r}")
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    return Config(
+        name=d["name"],
+        data=DataConfig(**d["data"]),
+        model=ModelConfig(**d["model"]),
+        pretrain=PretrainConfig(**d["pretrain"]),
+        adapt=AdaptConfig(**d["adapt"]),
+        **{k: v for k, v in d.items() if k not in ("name", "data", "model", "pretrain", "adapt")},
+    )
+
+
+def config_hash(cfg: Config | dict[str, Any]) -> str:
+    """A short stable hash of a config (what a checkpoint was trained with)."""
+    d = cfg if isinstance(cfg, dict) else config_to_dict(cfg)
+    blob = json.dumps(d, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def project_root() -> Path:
+    """The checkout holding ``paulkit/`` (editable install) or else the working directory."""
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd()
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Folder with the real data sets: ``root``, else ``PAULKIT_DATA``, else ``<project>/data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("PAULKIT_DATA")
+    return Path(env).expanduser() if env else project_root() / "data"
+
+
+def synth_root() -> Path:
+    """Folder paulkit generates the synthetic data into (its own, never a user's data folder):
+    ``PAULKIT_SYNTH``, else ``<project>/data/synth``."""
+    env = os.environ.get("PAULKIT_SYNTH")
+    return Path(env).expanduser() if env else project_root() / "data" / "synth"
+
+
+def output_root() -> Path:
+    """Checkpoints and results: ``PAULKIT_OUT``, else ``<project>/outputs``."""
+    env = os.environ.get("PAULKIT_OUT")
+    return Path(env).expanduser() if env else project_root() / "outputs"

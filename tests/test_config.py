@@ -1,0 +1,71 @@
+import dataclasses
+
+import pytest
+
+from paulkit import config
+
+
+def test_every_preset_is_frozen_and_hashable():
+    for name, cfg in config.PRESETS.items():
+        assert cfg.name == name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.seed = 3  # type: ignore[misc]
+        assert len(config.config_hash(cfg)) == 16
+
+
+def test_paper_presets_follow_paper():
+    m, d = config.get_preset("paper_market"), config.get_preset("paper_duke")
+    assert (m.data.height, m.data.width) == (384, 128)
+    assert m.model.arch == "resnet50" and m.model.num_patches == 6
+    assert (m.adapt.batch_size, m.adapt.pedal_scale) == (42, 15.0)
+    assert (d.adapt.batch_size, d.adapt.pedal_scale) == (40, 5.0)
+    assert (m.adapt.pedal_weight, m.adapt.ipfl_weight, m.adapt.ipfl_margin) == (2.0, 1.0, 2.0)
+    assert (m.pretrain.epochs, m.pretrain.batch_size, m.pretrain.lr_step) == (60, 48, 40)
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ValueError, match="tutorial"):
+        config.get_preset("nope")
+
+
+def test_preset_from_env(monkeypatch):
+    monkeypatch.setenv("PAULKIT_PRESET", "synth_small")
+    assert config.preset_from_env().name == "synth_small"
+    assert config.preset_from_env("tutorial").name == "tutorial"  # an explicit name wins
+    monkeypatch.delenv("PAULKIT_PRESET")
+    assert config.preset_from_env().name in ("tutorial", "synth_gpu")
+
+
+def test_override_and_roundtrip():
+    cfg = config.override(
+        config.get_preset("tutorial"), "adapt.epochs=3", "seed=7", "model.weights=none"
+    )
+    assert cfg.adapt.epochs == 3 and cfg.seed == 7 and cfg.model.weights is None
+    back = config.config_from_dict(config.config_to_dict(cfg))
+    assert back == cfg
+    assert config.config_hash(back) == config.config_hash(cfg)
+    assert config.config_hash(cfg) != config.config_hash(config.get_preset("tutorial"))
+
+
+@pytest.mark.parametrize(
+    "item, msg",
+    [
+        ("adapt.epochs", "key=value"),
+        ("adapt.nope=1", "unknown key"),
+        ("nope=1", "unknown key"),
+        ("adapt=1", "unknown key"),
+        ("adapt.epochs=two", "expected a number"),
+        ("deterministic=maybe", "true/false"),
+    ],
+)
+def test_override_errors(item, msg):
+    with pytest.raises(ValueError, match=msg):
+        config.override(config.get_preset("tutorial"), item)
+
+
+def test_roots_follow_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PAULKIT_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("PAULKIT_OUT", str(tmp_path / "o"))
+    assert config.data_root() == tmp_path / "d"
+    assert config.data_root(tmp_path) == tmp_path
+    assert config.output_root() == tmp_path / "o"
