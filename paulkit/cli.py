@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from paulkit import config
+from paulkit.utils import CheckpointError
 
 __all__ = ["main", "build_parser"]
 
@@ -47,6 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="tiny", help="size: tiny, small or market (default tiny)")
     s.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     s.add_argument("--root", default=None, help="output folder (default data/synth)")
+
+    p = sub.add_parser("pretrain", help="supervised pretraining on the source domain")
+    _add_common(p)
+    p.add_argument("--oracle", action="store_true", help="train on the TARGET labels (reference)")
+    p = sub.add_parser("adapt", help="unsupervised PAUL adaptation on the target domain")
+    _add_common(p)
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the target query/gallery")
+    _add_common(p)
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file (default: the preset's adaptation checkpoint under --out)",
+    )
+    p.add_argument("--ap", choices=("step", "trapezoid"), default="step", help="AP convention")
+    p = sub.add_parser(
+        "reproduce", help="all baselines, ablations and PAUL over seeds -> docs/results.{md,json}"
+    )
+    _add_common(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds")
+    p.add_argument("--docs", default="docs", help="folder for results.md/results.json")
+    for name in ("pretrain", "adapt", "evaluate", "reproduce"):
+        sub.choices[name].add_argument(
+            "--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)"
+        )
+        sub.choices[name].add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -64,18 +90,66 @@ def _run(args: argparse.Namespace) -> int:
 
         synth.main_generate(args.preset, args.seed, root=args.root)
         return 0
+    from paulkit import train
+
+    cfg = _cfg(args)
+    progress = not args.quiet
+    print(f"preset {cfg.name} (config {config.config_hash(cfg)}), seed {cfg.seed}")
+    if args.command == "pretrain":
+        phase = "oracle" if args.oracle else "pretrain"
+        _, hist = train.train_or_load(
+            cfg, phase, device=args.device, out=args.out, progress=progress
+        )
+        print(f"{phase}: {len(hist['epoch'])} epochs, final loss {hist['loss'][-1]:.4f}")
+        print(f"checkpoint: {train.checkpoint_path(cfg, phase, out=args.out)}")
+        return 0
+    if args.command == "adapt":
+        _, hist = train.train_or_load(
+            cfg, "adapt", device=args.device, out=args.out, progress=progress
+        )
+        for row in hist["eval"]:
+            print(f"epoch {row['epoch']:3d}: rank-1 {row['rank1']:.3f}  mAP {row['mAP']:.3f}")
+        print(f"checkpoint: {train.checkpoint_path(cfg, 'adapt', out=args.out)}")
+        return 0
+    if args.command == "evaluate":
+        path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
+        model, state = train.load_model(path, train.utils.select_device(args.device))
+        ckcfg = config.config_from_dict(state["config"])
+        if args.data is not None:
+            ckcfg = config.override(ckcfg, f"data.root={args.data}")
+        if state["phase"] != "adapt":
+            model = train.adaptation_model(model, ckcfg).to(next(model.parameters()).device)
+        res = train.evaluate_model(model, train.target_dataset(ckcfg), ckcfg, progress=progress)
+        key = "mAP" if args.ap == "step" else "mAP_trapezoid"
+        print(
+            f"rank-1 {res['rank1']:.4f}  rank-5 {res['rank5']:.4f}  rank-10 {res['rank10']:.4f}  "
+            f"mAP({args.ap}) {res[key]:.4f}  mINP {res['mINP']:.4f}"
+        )
+        return 0
+    if args.command == "reproduce":
+        from paulkit import reproduce
+
+        cmd = "python -m paulkit " + " ".join(args.argv)
+        entry = reproduce.reproduce(
+            cfg, args.seeds, device=args.device, out=args.out, progress=progress, command=cmd
+        )
+        reproduce.write_results(entry, cfg.name, args.docs)
+        print(f"wrote {args.docs}/results.md and {args.docs}/results.json")
+        return 0
     raise CliError(f"unknown command {args.command!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return _run(args)
-    except (CliError, ValueError, FileNotFoundError) as exc:
+    except (CliError, ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"paulkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -54,6 +54,7 @@ class DataConfig:
     height: int = 64
     width: int = 32
     num_workers: int = 0
+    limit_train: int = 0  # use only the first N training images of each domain (0: all)
 
 
 @dataclass(frozen=True)
