@@ -1,0 +1,717 @@
+"""Training: supervised source pretraining, AdaBN, and unsupervised PAUL adaptation.
+
+One readable function per phase and per epoch, no engine: :func:`pretrain` and :func:`adapt`
+loop over :func:`pretrain_epoch` / :func:`adapt_epoch`, write a checkpoint atomically after
+every epoch, and return ``(model, history)``. They never plot (``paulkit.viz`` does).
+
+Taught in: notebooks/05_source_pretraining.ipynb, notebooks/06_gpu_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from paulkit import config as C
+from paulkit import data as D
+from paulkit import evaluation, losses, memory, models, utils
+
+__all__ = [
+    "Runtime",
+    "make_runtime",
+    "build_model",
+    "source_records",
+    "target_dataset",
+    "pretrain_lrs",
+    "pretrain_epoch",
+    "pretrain",
+    "adapt_batchnorm",
+    "init_memories",
+    "adapt_epoch",
+    "adaptation_model",
+    "adapt",
+    "evaluate_model",
+    "phase_hash",
+    "checkpoint_path",
+    "train_or_load",
+    "load_model",
+]
+
+CHECKPOINT_FORMAT = "paulkit-checkpoint/1"
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Everything that depends on the device, chosen in one place (:func:`make_runtime`).
+
+    ``gather`` is how a batch's tensors reach every process before the memories are updated:
+    the identity for one process (the scale-out issue passes an all-gather).
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+    pin_memory: bool = False
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=self.pin_memory)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def make_runtime(cfg: C.Config, device: str | torch.device | None = None) -> Runtime:
+    """Pick the device (CUDA, then MPS, then CPU, or ``device``) and its speed switches.
+
+    On CUDA: bf16 autocast where supported, else fp16 with a gradient scaler;
+    channels_last; pinned memory; ``cudnn.benchmark`` (unless deterministic).
+    """
+    dev = utils.select_device(device)
+    rt = Runtime(device=dev)
+    if dev.type == "cuda":
+        rt.pin_memory = True
+        rt.channels_last = cfg.channels_last
+        if not cfg.deterministic:
+            torch.backends.cudnn.benchmark = True
+        if cfg.amp:
+            if torch.cuda.is_bf16_supported():
+                rt.amp_dtype = torch.bfloat16
+            else:
+                rt.amp_dtype = torch.float16
+                rt.scaler = torch.amp.GradScaler("cuda")
+    return rt
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def _dataset(name: str, root: str | None, cfg: C.Config, role: str):
+    if name == "synth":
+        return D.load_dataset(
+            f"synth-{role}", preset=cfg.data.synth_preset, seed=cfg.data.synth_seed
+        )
+    return D.load_dataset(name, root=C.data_root(root))
+
+
+def source_records(cfg: C.Config, use_target_labels: bool = False) -> list[D.ImageRecord]:
+    """Labelled training records for supervised training.
+
+    ``use_target_labels=True`` is the *oracle* only: supervised training on the target's own
+    training labels, used for the reference row of the results table and nowhere else.
+    """
+    if use_target_labels:
+        return target_train(cfg, target_dataset(cfg))
+    return _limit(_dataset(cfg.data.source, cfg.data.root, cfg, "source").train, cfg)
+
+
+def _limit(records: list, cfg: C.Config) -> list:
+    n = cfg.data.limit_train
+    return records[:n] if n else records
+
+
+def target_train(cfg: C.Config, target) -> list[D.ImageRecord]:
+    """The target's training records used for adaptation (``data.limit_train`` applied)."""
+    return _limit(target.train, cfg)
+
+
+def target_dataset(cfg: C.Config):
+    """The target data set (its ``train`` labels are read by evaluation and the oracle only)."""
+    return _dataset(cfg.data.target, cfg.data.root, cfg, "target")
+
+
+def build_model(cfg: C.Config, num_classes: int | None = None, pretrain: bool = False) -> nn.Module:
+    """PatchNet as the config describes it."""
+    m = cfg.model
+    return models.PatchNet(
+        num_classes=num_classes,
+        arch=m.arch,
+        weights=m.weights,
+        num_patches=m.num_patches,
+        patch_dim=m.patch_dim,
+        embed_dim=m.embed_dim,
+        pretrain=pretrain,
+        small_width=m.small_width,
+    )
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _loader(dataset, batch_size: int, rt: Runtime, cfg: C.Config, shuffle: bool, epoch: int = 0):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        num_workers=cfg.data.num_workers,
+        pin_memory=rt.pin_memory,
+        generator=_generator(cfg.seed, epoch),
+        persistent_workers=False,
+    )
+
+
+def _seed_epoch(cfg: C.Config, epoch: int) -> None:
+    # The augmentation randomness of an epoch depends only on (seed, epoch): a resumed run
+    # repeats exactly what an uninterrupted one would have done.
+    s = cfg.seed * 100_003 + epoch
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def pretrain_lrs(p: C.PretrainConfig, epoch: int) -> dict[str, float]:
+    """PAPER.md's per-group schedule for pretraining epoch ``epoch`` (0-based)."""
+    decay = 0.1 if epoch >= p.lr_step else 1.0
+    return {
+        "new": p.lr_new * decay,
+        "backbone": p.lr_backbone * decay,
+        "stn": p.lr_stn if p.stn_start <= epoch < p.stn_stop else 0.0,
+    }
+
+
+def _pretrain_optimizer(model: nn.Module, p: C.PretrainConfig) -> torch.optim.Optimizer:
+    groups = model.param_groups()
+    new = list(groups["new"]) + list(groups.get("embed", []))
+    return torch.optim.SGD(
+        [
+            {"params": groups["backbone"], "name": "backbone", "lr": p.lr_backbone},
+            {"params": groups["stn"], "name": "stn", "lr": 0.0},
+            {"params": new, "name": "new", "lr": p.lr_new},
+        ],
+        lr=p.lr_new,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+    )
+
+
+def pretrain_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    rt: Runtime,
+    p: C.PretrainConfig,
+    progress: bool = True,
+    desc: str = "pretrain",
+) -> dict[str, float]:
+    """One epoch of per-patch cross-entropy + ``triplet_weight`` x triplet on true pairs."""
+    model.train()
+    sums = {"loss": 0.0, "ce": 0.0, "triplet": 0.0, "acc": 0.0}
+    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    bar = _progress(loader, progress, desc)
+    for img, img2, pid in bar:
+        x = rt.to_device(torch.cat([img, img2]))
+        pids = torch.cat([pid, pid]).to(rt.device)
+        with rt.autocast():
+            out = model(x)
+        ce = losses.patch_cross_entropy(out.logits.float(), pids)
+        tri = losses.triplet_loss(out.embedding.float(), pids, margin=p.triplet_margin)
+        loss = ce + p.triplet_weight * tri
+        optimizer.zero_grad(set_to_none=True)
+        _backward_step(loss, optimizer, rt)
+        acc = (out.logits.float().mean(1).argmax(1) == pids).float().mean()
+        for k, v in (("loss", loss), ("ce", ce), ("triplet", tri), ("acc", acc)):
+            sums[k] += float(v.detach())
+        n_batches += 1
+        n_images += x.shape[0]
+        if progress:
+            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
+    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    stats["images_per_s"] = n_images / max(time.perf_counter() - t0, 1e-9)
+    return stats
+
+
+def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, rt: Runtime) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {float(loss)}; lower the learning rate")
+    if rt.scaler is not None:
+        rt.scaler.scale(loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def _set_lrs(optimizer: torch.optim.Optimizer, lrs: dict[str, float]) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lrs[group["name"]]
+
+
+def pretrain(
+    cfg: C.Config,
+    device: str | torch.device | None = None,
+    checkpoint: str | Path | None = None,
+    use_target_labels: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Supervised pretraining (PAPER.md "Supervised pretraining").
+
+    Args:
+        cfg: the run's config (``cfg.pretrain`` and ``cfg.data.source``).
+        device: overrides the automatic choice.
+        checkpoint: file written atomically after every epoch; an existing one with the same
+            config hash is resumed.
+        use_target_labels: train on the target's labels instead (the oracle row only).
+        progress: show a progress bar.
+        stop_after: stop after this many epochs in total (to simulate an interruption).
+
+    Returns:
+        ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``ce``,
+        ``triplet``, ``acc``, ``lr`` and ``images_per_s``.
+    """
+    utils.set_seed(cfg.seed, cfg.deterministic)
+    rt = make_runtime(cfg, device)
+    p = cfg.pretrain
+    records = source_records(cfg, use_target_labels)
+    num_classes = max(r.pid for r in records) + 1
+    model = build_model(cfg, num_classes=num_classes, pretrain=True).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _pretrain_optimizer(model, p)
+    history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "ce", "triplet", "acc", "lr")}
+    history["images_per_s"] = []
+    phase = "oracle" if use_target_labels else "pretrain"
+    start = 0
+    state = _try_resume(checkpoint, cfg, phase)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"]
+    dataset = D.PairDataset(records, D.transforms.train_transform(cfg.data.height, cfg.data.width))
+    for epoch in range(start, p.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            break
+        _seed_epoch(cfg, epoch)
+        lrs = pretrain_lrs(p, epoch)
+        _set_lrs(optimizer, lrs)
+        loader = _loader(dataset, p.batch_size, rt, cfg, shuffle=True, epoch=epoch)
+        stats = pretrain_epoch(
+            model, loader, optimizer, rt, p, progress, desc=f"{phase} {epoch + 1}/{p.epochs}"
+        )
+        history["epoch"].append(epoch + 1)
+        history["lr"].append(lrs["new"])
+        for k in ("loss", "ce", "triplet", "acc", "images_per_s"):
+            history[k].append(stats[k])
+        if checkpoint is not None:
+            _save(checkpoint, cfg, phase, epoch + 1, model, optimizer, history, num_classes)
+    return model, history
+
+
+# --------------------------------------------------------------------------- AdaBN
+
+
+@torch.no_grad()
+def adapt_batchnorm(
+    model: nn.Module,
+    loader: DataLoader,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """AdaBN: re-estimate every BatchNorm's running statistics on ``loader``.
+
+    One pass without gradients and without labels (only the images of each batch are used);
+    no parameter and no other buffer changes. Each layer's running mean and running variance
+    become the exact mean and unbiased variance of its inputs over *all* images seen (every
+    batch weighted by its size), the layers being run in train mode as in training.
+
+    Args:
+        model: any module; its BatchNorm layers are updated in place.
+        loader: batches whose first element is images (B, C, H, W) or views (B, num, C, H, W).
+        device: where to run (default: the model's device).
+        progress: show a progress bar.
+
+    Taught in: notebooks/06_gpu_training.ipynb.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sums: dict[nn.Module, list] = {m: [0, 0.0, 0.0] for m in bns}
+    tracked = {m: m.num_batches_tracked.clone() for m in bns if m.num_batches_tracked is not None}
+
+    def hook(module, inputs):
+        x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N*H*W)
+        acc = sums[module]
+        acc[0] += x.shape[1]
+        acc[1] = acc[1] + x.sum(1)
+        acc[2] = acc[2] + (x * x).sum(1)
+
+    handles = [m.register_forward_pre_hook(hook) for m in bns]
+    try:
+        model.train()
+        for batch in _progress(loader, progress, "AdaBN"):
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            if x.dim() == 5:
+                x = x.flatten(0, 1)
+            model(x.to(dev))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for m, (n, s1, s2) in sums.items():
+        if n < 2:
+            raise ValueError("AdaBN needs at least two values per channel; the loader was empty")
+        mean = s1 / n
+        var = (s2 - n * mean * mean) / (n - 1)
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.clamp_min(0).to(m.running_var.dtype))
+        if m in tracked:
+            m.num_batches_tracked.copy_(tracked[m])
+    return model
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+def _adapt_optimizer(model: nn.Module, a: C.AdaptConfig) -> torch.optim.Optimizer:
+    # The patch generator is frozen and the embedding weights are not updated (PAPER.md):
+    # both are left out of the optimiser.
+    groups = model.param_groups()
+    params = list(groups["backbone"]) + list(groups["new"])
+    return torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+
+
+@torch.no_grad()
+def init_memories(
+    model: nn.Module,
+    dataset,
+    rt: Runtime,
+    cfg: C.Config,
+    progress: bool = True,
+) -> tuple[memory.PatchMemory, memory.ImageMemory]:
+    """Fill the patch memory and the image memory with one no-grad pass (eval mode).
+
+    Each image is seen through its first view (the plain image); the image memory's centre
+    of image i starts as its first view's image-level feature.
+    """
+    m = cfg.model
+    pm = memory.PatchMemory(len(dataset), m.num_patches, m.patch_dim, cfg.adapt.memory_momentum)
+    im = memory.ImageMemory(len(dataset), m.num_patches * m.embed_dim, cfg.adapt.memory_momentum)
+    pm, im = pm.to(rt.device), im.to(rt.device)
+    was_training = model.training
+    model.eval()
+    loader = _loader(dataset, 2 * cfg.adapt.batch_size, rt, cfg, shuffle=False)
+    for views, index in _progress(loader, progress, "memory init"):
+        x = rt.to_device(views[:, 0])
+        with rt.autocast():
+            out = model(x)
+        index = index.to(rt.device)
+        pm.update(rt.gather(index), rt.gather(out.patch_feats.float()))
+        im.update(rt.gather(index), rt.gather(out.embedding.float()), num=1)
+    model.train(was_training)
+    return pm, im
+
+
+def adapt_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    patch_memory: memory.PatchMemory,
+    image_memory: memory.ImageMemory,
+    rt: Runtime,
+    a: C.AdaptConfig,
+    progress: bool = True,
+    desc: str = "adapt",
+) -> dict[str, float]:
+    """One epoch of PAUL: update both memories from the batch, then
+    ``pedal_weight`` x PEDAL + ``ipfl_weight`` x IPFL (PAPER.md "Unsupervised training")."""
+    model.train()
+    num = a.num_views
+    sums = {"loss": 0.0, "pedal": 0.0, "ipfl": 0.0}
+    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    bar = _progress(loader, progress, desc)
+    for views, index in bar:
+        b = views.shape[0]
+        x = rt.to_device(views.flatten(0, 1))  # image-major: view v of image i at i*num + v
+        index = index.to(rt.device)
+        with rt.autocast():
+            out = model(x)
+        feats, emb = out.patch_feats.float(), out.embedding.float()
+        first = feats.view(b, num, *feats.shape[1:])[:, 0]
+        # Memories first, before the loss (PAPER.md); with several processes `gather`
+        # brings every process's batch so that all memories apply the same update.
+        patch_memory.update(rt.gather(index), rt.gather(first.detach()))
+        centers = image_memory.update(rt.gather(index), rt.gather(emb.detach()), num=num)
+        loss = torch.zeros((), device=rt.device)
+        pedal = ipfl = torch.zeros((), device=rt.device)
+        if a.pedal_weight:
+            pedal = losses.pedal_loss(first, patch_memory.bank, index, a.pedal_scale, a.pedal_k)
+            loss = loss + a.pedal_weight * pedal
+        if a.ipfl_weight:
+            ipfl = losses.ipfl_loss(
+                emb, centers, num, a.ipfl_margin, a.ipfl_max_iter, a.ipfl_nearest
+            )
+            loss = loss + a.ipfl_weight * ipfl
+        optimizer.zero_grad(set_to_none=True)
+        _backward_step(loss, optimizer, rt)
+        for k, v in (("loss", loss), ("pedal", pedal), ("ipfl", ipfl)):
+            sums[k] += float(v.detach())
+        n_batches += 1
+        n_images += b
+        if progress:
+            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
+    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    stats["images_per_s"] = n_images / max(time.perf_counter() - t0, 1e-9)
+    return stats
+
+
+def adaptation_model(pretrained: nn.Module | dict, cfg: C.Config) -> nn.Module:
+    """The unsupervised-stage PatchNet (no classifier, no ReLU) with pretrained weights."""
+    state = pretrained.state_dict() if isinstance(pretrained, nn.Module) else pretrained
+    model = build_model(cfg, num_classes=None, pretrain=False)
+    models.load_pretrained(model, state)
+    return model
+
+
+def adapt(
+    cfg: C.Config,
+    pretrained: nn.Module | dict,
+    device: str | torch.device | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    evaluate_every: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Unsupervised PAUL adaptation on the target's training images, without their labels.
+
+    The direct-transfer model (epoch 0) is evaluated first, as the official code does; then
+    every ``cfg.adapt.eval_every`` epochs and after the last one. Loss weights of 0 give the
+    ablations (PEDAL only: ``ipfl_weight=0``; IPFL only: ``pedal_weight=0``).
+
+    Returns:
+        ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``pedal``,
+        ``ipfl``, ``lr``, ``images_per_s`` and ``eval``: a list of ``{"epoch": e, **metrics}``.
+    """
+    utils.set_seed(cfg.seed, cfg.deterministic)
+    rt = make_runtime(cfg, device)
+    a = cfg.adapt
+    target = target_dataset(cfg)
+    # Adaptation reads only the images of target.train: MultiViewDataset never yields a pid.
+    train_set = D.MultiViewDataset(
+        target_train(cfg, target),
+        D.transforms.train_transform(cfg.data.height, cfg.data.width),
+        D.transforms.pseudo_pair_transform(cfg.data.height, cfg.data.width),
+        num=a.num_views,
+    )
+    model = adaptation_model(pretrained, cfg).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _adapt_optimizer(model, a)
+    history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "pedal", "ipfl", "lr")}
+    history["images_per_s"], history["eval"] = [], []
+    every = evaluate_every if evaluate_every is not None else a.eval_every
+    state = _try_resume(checkpoint, cfg, "adapt")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"]
+        pm = memory.PatchMemory(len(train_set), cfg.model.num_patches, cfg.model.patch_dim)
+        im = memory.ImageMemory(len(train_set), cfg.model.num_patches * cfg.model.embed_dim)
+        pm.load_state_dict(state["patch_memory"])
+        im.load_state_dict(state["image_memory"])
+        pm, im = pm.to(rt.device), im.to(rt.device)
+    else:
+        start = 0
+        if every:
+            history["eval"].append({"epoch": 0, **evaluate_model(model, target, cfg, rt, progress)})
+        pm, im = init_memories(model, train_set, rt, cfg, progress)
+    for epoch in range(start, a.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            break
+        _seed_epoch(cfg, epoch)
+        lr = a.lr * (0.1 if epoch >= a.lr_step else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loader = _loader(train_set, a.batch_size, rt, cfg, shuffle=True, epoch=epoch)
+        stats = adapt_epoch(
+            model, loader, optimizer, pm, im, rt, a, progress, f"adapt {epoch + 1}/{a.epochs}"
+        )
+        history["epoch"].append(epoch + 1)
+        history["lr"].append(lr)
+        for k in ("loss", "pedal", "ipfl", "images_per_s"):
+            history[k].append(stats[k])
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == a.epochs):
+            history["eval"].append(
+                {"epoch": epoch + 1, **evaluate_model(model, target, cfg, rt, progress)}
+            )
+        if checkpoint is not None:
+            _save(checkpoint, cfg, "adapt", epoch + 1, model, optimizer, history, None, pm, im)
+    model.patch_memory, model.image_memory = pm, im  # for the explorer; not in state_dict
+    return model, history
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_model(
+    model: nn.Module,
+    target,
+    cfg: C.Config,
+    rt: Runtime | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Rank-1/5/10, mAP (step and trapezoid) and mINP on the target's query/gallery."""
+    rt = rt or make_runtime(cfg)
+    tf = D.transforms.test_transform(cfg.data.height, cfg.data.width)
+    q = _loader(D.ImageDataset(target.query, tf), 128, rt, cfg, shuffle=False)
+    g = _loader(D.ImageDataset(target.gallery, tf), 128, rt, cfg, shuffle=False)
+    qf, q_pids, q_camids, _ = evaluation.extract_features(model, q, rt.device, progress=progress)
+    gf, g_pids, g_camids, _ = evaluation.extract_features(model, g, rt.device, progress=progress)
+    res = evaluation.evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
+    return res.as_dict()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def phase_hash(cfg: C.Config, phase: str) -> str:
+    """Hash of the config fields a phase's result depends on."""
+    d = C.config_to_dict(cfg)
+    keep = {"data", "model", "pretrain", "seed", "deterministic"}
+    if phase == "adapt":
+        keep |= {"adapt"}
+    return C.config_hash({k: v for k, v in d.items() if k in keep})
+
+
+def _save(path, cfg, phase, epoch, model, optimizer, history, num_classes, pm=None, im=None):
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "phase": phase,
+        "config": C.config_to_dict(cfg),
+        "config_hash": phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain"),
+        "epoch": epoch,
+        "num_classes": num_classes,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    if pm is not None:
+        state["patch_memory"] = pm.state_dict()
+        state["image_memory"] = im.state_dict()
+    utils.atomic_save(state, path)
+
+
+def _check(state: Any, path: Path) -> dict:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise utils.CheckpointError(
+            f"{path} is not a paulkit checkpoint (no '{CHECKPOINT_FORMAT}' format tag); "
+            "point at a file written by paulkit.train, or delete it to train again"
+        )
+    return state
+
+
+def _try_resume(checkpoint, cfg: C.Config, phase: str) -> dict | None:
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    state = _check(utils.load_checkpoint(checkpoint), Path(checkpoint))
+    want = phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain")
+    if state["phase"] != phase or state["config_hash"] != want:
+        print(
+            f"{checkpoint}: written for another config or phase "
+            f"({state['phase']}, hash {state['config_hash']} != {want}); starting afresh"
+        )
+        return None
+    return state
+
+
+def checkpoint_path(
+    cfg: C.Config, phase: str, tag: str = "", out: str | Path | None = None
+) -> Path:
+    """Where :func:`train_or_load` keeps a phase's checkpoint for this preset and seed."""
+    root = Path(out) if out is not None else C.output_root()
+    suffix = f"-{tag}" if tag else ""
+    return root / cfg.name / f"seed{cfg.seed}" / f"{phase}{suffix}.pt"
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model stored in a paulkit checkpoint; returns ``(model, checkpoint)``."""
+    path = Path(path)
+    state = _check(utils.load_checkpoint(path), path)
+    cfg = C.config_from_dict(state["config"])
+    if state["phase"] == "adapt":
+        model = build_model(cfg, None, pretrain=False)
+    else:
+        model = build_model(cfg, state["num_classes"], pretrain=True)
+    models.load_pretrained(model, state["model"])
+    model = model.to(device)
+    if "patch_memory" in state:
+        n = state["patch_memory"]["bank"].shape[0]
+        pm = memory.PatchMemory(n, cfg.model.num_patches, cfg.model.patch_dim)
+        im = memory.ImageMemory(n, cfg.model.num_patches * cfg.model.embed_dim)
+        pm.load_state_dict(state["patch_memory"])
+        im.load_state_dict(state["image_memory"])
+        model.patch_memory, model.image_memory = pm.to(device), im.to(device)
+    return model, state
+
+
+def train_or_load(
+    cfg: C.Config,
+    phase: str = "adapt",
+    tag: str = "",
+    device: str | torch.device | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    pretrained: nn.Module | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a finished checkpoint of ``phase`` when its config hash matches; else train.
+
+    ``phase`` is ``"pretrain"``, ``"oracle"`` (supervised on the target's labels: the
+    reference row only) or ``"adapt"`` (which first gets its pretrained model the same way).
+    A partial checkpoint with a matching hash is resumed; a mismatching one is retrained,
+    and the reason is printed.
+    """
+    if phase not in ("pretrain", "oracle", "adapt"):
+        raise ValueError(f"phase must be 'pretrain', 'oracle' or 'adapt', got {phase!r}")
+    path = checkpoint_path(cfg, phase, tag, out)
+    epochs = cfg.adapt.epochs if phase == "adapt" else cfg.pretrain.epochs
+    want = phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain")
+    dev = utils.select_device(device)
+    if path.exists():
+        state = _check(utils.load_checkpoint(path), path)
+        if state["config_hash"] != want:
+            print(f"{path.name}: config changed since it was trained (hash); training again")
+            path.unlink()
+        elif state["epoch"] >= epochs:
+            model, _ = load_model(path, dev)
+            print(f"loaded {phase} checkpoint {path} (epoch {state['epoch']})")
+            return model, state["history"]
+        else:
+            print(f"resuming {phase} from {path} at epoch {state['epoch']}")
+    if phase in ("pretrain", "oracle"):
+        return pretrain(cfg, dev, path, use_target_labels=phase == "oracle", progress=progress)
+    if pretrained is None:
+        pretrained, _ = train_or_load(cfg, "pretrain", device=dev, out=out, progress=progress)
+    return adapt(cfg, pretrained, dev, path, progress=progress)

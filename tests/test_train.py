@@ -1,0 +1,147 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import paulkit as pk
+from paulkit import config as C
+from paulkit import train
+
+
+def tiny_cfg(**adapt) -> C.Config:
+    """The tutorial preset shrunk to seconds: few images, a narrow network, 2+2 epochs."""
+    cfg = C.override(
+        C.get_preset("tutorial"),
+        "data.limit_train=96",
+        "model.small_width=8",
+        "pretrain.epochs=2",
+        "pretrain.batch_size=16",
+        "adapt.epochs=2",
+        "adapt.batch_size=16",
+        "adapt.eval_every=0",
+        "adapt.pedal_k=3",
+    )
+    return dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, **adapt))
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pretrain_schedule_follows_paper():
+    p = C.get_preset("paper_market").pretrain
+    assert train.pretrain_lrs(p, 0) == {"new": 0.1, "backbone": 0.01, "stn": 0.0}
+    assert train.pretrain_lrs(p, 25)["stn"] == 1e-5
+    assert train.pretrain_lrs(p, 39)["stn"] == 1e-5
+    lrs = train.pretrain_lrs(p, 40)
+    assert lrs["stn"] == 0.0
+    assert lrs["new"] == pytest.approx(0.01) and lrs["backbone"] == pytest.approx(0.001)
+
+
+def test_adapt_batchnorm_matches_hand_computed_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+    model[1].running_mean.fill_(5.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(10, 2, 4, 4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=4)
+    model.eval()
+    train.adapt_batchnorm(model, loader, progress=False)
+    assert not model.training  # mode restored
+    with torch.no_grad():
+        y = model[0](x).transpose(0, 1).reshape(3, -1)
+    bn = model[1]
+    torch.testing.assert_close(bn.running_mean, y.mean(1))
+    torch.testing.assert_close(bn.running_var, y.var(1, unbiased=True), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1
+    after = model.state_dict()
+    for k in before:
+        if k.startswith("1.running"):
+            continue
+        assert torch.equal(before[k], after[k]), k  # num_batches_tracked included
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    cfg = tiny_cfg()
+    full, hist_full = train.pretrain(cfg, "cpu", tmp_path / "a.pt", progress=False)
+    train.pretrain(cfg, "cpu", tmp_path / "b.pt", progress=False, stop_after=1)
+    assert train.utils.load_checkpoint(tmp_path / "b.pt")["epoch"] == 1
+    resumed, hist = train.pretrain(cfg, "cpu", tmp_path / "b.pt", progress=False)
+    assert same_weights(full, resumed)
+    assert hist["loss"] == hist_full["loss"]
+
+    ad_full, h1 = train.adapt(cfg, full, "cpu", tmp_path / "c.pt", progress=False)
+    train.adapt(cfg, full, "cpu", tmp_path / "d.pt", progress=False, stop_after=1)
+    ad_res, h2 = train.adapt(cfg, full, "cpu", tmp_path / "d.pt", progress=False)
+    assert same_weights(ad_full, ad_res)
+    assert torch.equal(ad_full.patch_memory.bank, ad_res.patch_memory.bank)
+    assert h1["loss"] == h2["loss"] and len(h2["epoch"]) == 2
+
+
+def test_adaptation_never_reads_target_labels(tmp_path, monkeypatch):
+    """Scrambling the target's training pids changes nothing in adaptation."""
+    cfg = tiny_cfg()
+    pre, _ = train.pretrain(cfg, "cpu", None, progress=False)
+    a, ha = train.adapt(cfg, pre, "cpu", None, progress=False)
+    real = train.target_dataset
+
+    def scrambled(c):
+        ds = real(c)
+        ds.train = [pk.data.ImageRecord(r.path, -7, r.camid) for r in ds.train]
+        return ds
+
+    monkeypatch.setattr(train, "target_dataset", scrambled)
+    b, hb = train.adapt(cfg, pre, "cpu", None, progress=False)
+    assert same_weights(a, b)
+    assert ha["loss"] == hb["loss"]
+
+
+def test_adapt_history_and_ablation_weights():
+    cfg = tiny_cfg(pedal_weight=0.0, eval_every=2)
+    pre, hist = train.pretrain(cfg, "cpu", None, progress=False)
+    assert len(hist["loss"]) == 2 and all(v > 0 for v in hist["images_per_s"])
+    model, h = train.adapt(cfg, pre, "cpu", None, progress=False)
+    assert [e["epoch"] for e in h["eval"]] == [0, 2]  # direct transfer is evaluated first
+    assert all(v == 0.0 for v in h["pedal"]) and all(v >= 0 for v in h["ipfl"])
+    assert 0.0 <= h["eval"][-1]["mAP"] <= 1.0
+    # the patch generator and the embedding weights do not move during adaptation
+    ref = train.adaptation_model(pre, cfg)
+    for name in ("patch_generator", "embed"):
+        for (k, v), (_, w) in zip(
+            getattr(model, name).state_dict().items(), getattr(ref, name).state_dict().items()
+        ):
+            if "running" not in k and "num_batches" not in k:
+                assert torch.equal(v, w), f"{name}.{k} changed"
+
+
+def test_train_or_load_reuses_only_matching_checkpoints(tmp_path, capsys):
+    cfg = tiny_cfg()
+    m1, _ = train.train_or_load(cfg, "pretrain", device="cpu", out=tmp_path, progress=False)
+    path = train.checkpoint_path(cfg, "pretrain", out=tmp_path)
+    assert path.exists()
+    m2, _ = train.train_or_load(cfg, "pretrain", device="cpu", out=tmp_path, progress=False)
+    assert "loaded pretrain checkpoint" in capsys.readouterr().out
+    assert same_weights(m1, m2)
+    # same name and seed, other settings: trained again and the reason said
+    cfg2 = C.override(cfg, "pretrain.triplet_weight=0.5")
+    train.train_or_load(cfg2, "pretrain", device="cpu", out=tmp_path, progress=False)
+    assert "config changed" in capsys.readouterr().out
+
+
+def test_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):
+    cfg = tiny_cfg()
+    path = train.checkpoint_path(cfg, "pretrain", out=tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(train.utils.CheckpointError, match="truncated, corrupt"):
+        train.train_or_load(cfg, "pretrain", device="cpu", out=tmp_path, progress=False)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(train.utils.CheckpointError, match="not a paulkit checkpoint"):
+        train.load_model(path)
+
+
+def test_unknown_phase():
+    with pytest.raises(ValueError, match="phase"):
+        train.train_or_load(tiny_cfg(), "finetune")
