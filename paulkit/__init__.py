@@ -7,4 +7,14 @@ The pipeline is the module layout: ``config`` -> ``data`` -> ``models`` -> ``mem
 
 __version__ = "0.1.0"
 
-from paulkit import config, utils  # noqa: E402,F401
+from paulkit import (  # noqa: E402,F401
+    baselines,
+    config,
+    data,
+    evaluation,
+    losses,
+    memory,
+    models,
+    train,
+    utils,
+)
