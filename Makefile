@@ -9,7 +9,7 @@ PRESET ?= tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 900
 
-.PHONY: help venv data test unit nbval lint tutorial notebooks lab bench clean
+.PHONY: help venv data test unit nbval lint tutorial notebooks lab bench clean browser-deps
 
 help:
 	@echo "make tutorial  - set up .venv, make the embedded data, run every notebook into build/"
@@ -33,7 +33,14 @@ lint: venv
 	$(VENV)/bin/ruff check paulkit tests bench notebooks
 	$(VENV)/bin/ruff format --check paulkit tests bench
 
-unit: venv data
+# The browser test (tests/test_browser.py) drives Debian's Chromium with Playwright's Python
+# package; nothing downloads a browser (never `playwright install`).
+browser-deps: venv
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  (echo "browser-deps: chromium is missing and apt-get could not install it; run 'apt-get install chromium' as root" >&2; exit 1)
+	$(PY) -m pip install -q playwright
+
+unit: venv data browser-deps
 	$(PY) -m pytest -q tests
 
 nbval: venv data
