@@ -11,14 +11,18 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
 
-__all__ = ["patch_corners", "plot_patches"]
+__all__ = ["to_rgb", "patch_corners", "plot_patches"]
 
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
 
-def _to_rgb(image) -> np.ndarray:
-    # (3, H, W) ImageNet-normalised tensor, or (H, W, 3) array (uint8 or 0..1) -> (H, W, 3)
+def to_rgb(image) -> np.ndarray:
+    """An image ready for ``imshow``: (H, W, 3) floats in 0..1.
+
+    Accepts a (3, H, W) ImageNet-normalised tensor (undoes the normalisation) or an
+    (H, W, 3) array (uint8 or 0..1).
+    """
     if isinstance(image, torch.Tensor):
         arr = image.detach().float().cpu().numpy()
         if arr.ndim == 3 and arr.shape[0] == 3:
@@ -28,6 +32,9 @@ def _to_rgb(image) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     return np.clip(arr, 0.0, 1.0)
+
+
+_to_rgb = to_rgb  # the name other plots here use
 
 
 def patch_corners(
@@ -83,7 +90,7 @@ def plot_patches(
         images = images.unsqueeze(0)
     if thetas.dim() == 3:
         thetas = thetas.unsqueeze(0)
-    imgs = [_to_rgb(im) for im in images]
+    imgs = [to_rgb(im) for im in images]
     if len(imgs) != thetas.shape[0]:
         raise ValueError(f"thetas has {thetas.shape[0]} images' patches for {len(imgs)} images")
     height, width = imgs[0].shape[:2]
