@@ -1,15 +1,24 @@
 """Plots for the notebooks and the explorer. Every function returns a matplotlib Figure and
 never calls ``plt.show()``; figures stay small (dpi <= 100).
 
-Taught in: notebooks/02_patchnet.ipynb (patches), and the notebooks that use each plot.
+Taught in: notebooks/02_patchnet.ipynb (patches), notebooks/07_evaluation.ipynb (ranked
+lists, CMC curves, training histories), and the notebooks that use each plot.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from paulkit import evaluation
 
 __all__ = ["to_rgb", "patch_corners", "plot_patches"]
 
@@ -118,4 +127,259 @@ def plot_patches(
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout(pad=0.2)
+    return fig
+
+
+# --------------------------------------------------------------------------- retrieval
+
+MATCH, MISS, QUERY = "#1a9850", "#d73027", "#4575b4"  # green, red, blue borders
+_MODE_TITLES = {
+    "best": "best queries (highest AP)",
+    "worst": "worst queries (lowest AP)",
+    "random": "random queries",
+}
+
+
+def _load_image(item: Any) -> np.ndarray:
+    """A path or PIL image (read as RGB), else whatever :func:`_to_rgb` takes."""
+    if isinstance(item, (str, Path)):
+        with Image.open(item) as im:
+            return np.asarray(im.convert("RGB"))
+    if isinstance(item, Image.Image):
+        return np.asarray(item.convert("RGB"))
+    return _to_rgb(item)
+
+
+def _frame(ax, color: str, width: float = 3.0) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(width)
+
+
+def select_queries(
+    result: evaluation.RankResult, num: int = 4, mode: str = "worst", seed: int = 0
+) -> np.ndarray:
+    """Indices of ``num`` valid queries: lowest AP (``"worst"``), highest AP (``"best"``) or
+    drawn at random (``"random"``, reproducible with ``seed``). Ties keep query order."""
+    if mode not in _MODE_TITLES:
+        raise ValueError(f"mode must be one of {sorted(_MODE_TITLES)}, got {mode!r}")
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    valid = np.flatnonzero(result.valid)
+    ap = result.ap[valid]
+    if mode == "worst":
+        chosen = valid[np.argsort(ap, kind="stable")]
+    elif mode == "best":
+        chosen = valid[np.argsort(-ap, kind="stable")]
+    else:
+        chosen = np.sort(np.random.default_rng(seed).permutation(valid)[:num])
+    return chosen[:num]
+
+
+def plot_ranked_lists(
+    distmat: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    q_images: Sequence[Any],
+    g_images: Sequence[Any],
+    k: int = 8,
+    num_queries: int = 4,
+    mode: str = "worst",
+    seed: int = 0,
+    result: evaluation.RankResult | None = None,
+    queries: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Each row: a query (blue), then its top-k valid gallery images as the evaluator ranks
+    them, framed green (same identity) or red (another identity), with their distances.
+
+    Args:
+        distmat, q_pids, g_pids, q_camids, g_camids: as for ``paulkit.evaluation.evaluate``.
+        q_images, g_images: per query/gallery image, a path, PIL image, HWC array or CHW
+            tensor (e.g. the ``paths`` returned by ``extract_features``).
+        k: gallery images per row.
+        num_queries: rows.
+        mode: ``"worst"`` (lowest AP; the title says so), ``"best"`` or ``"random"``.
+        seed: for ``"random"``.
+        result: a precomputed ``evaluate`` result (computed here otherwise).
+        queries: explicit query indices (overrides ``mode``).
+        title: prefix of the figure title, e.g. the model's name.
+
+    Returns:
+        The figure. Same-identity same-camera and junk gallery images are left out, exactly as
+        the evaluator leaves them out, so the list shown is the list that was scored.
+
+    Shape:
+        distmat (Q, G); labels (Q,) and (G,); len(q_images) == Q, len(g_images) == G.
+
+    Taught in: notebooks/07_evaluation.ipynb.
+    """
+    d = evaluation._tensor(distmat, "distmat").cpu()
+    if d.ndim != 2 or len(q_images) != d.shape[0] or len(g_images) != d.shape[1]:
+        raise ValueError(
+            f"q_images ({len(q_images)}) and g_images ({len(g_images)}) must match distmat's "
+            f"shape {tuple(d.shape)}"
+        )
+    if result is None:
+        result = evaluation.evaluate(d, q_pids, g_pids, q_camids, g_camids, max_rank=k)
+    if queries is None:
+        queries = select_queries(result, num_queries, mode, seed)
+        heading = _MODE_TITLES[mode]
+    else:
+        queries = np.asarray(queries, dtype=np.int64)
+        heading = "chosen queries"
+    q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
+    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
+    rows = len(queries)
+    fig = Figure(figsize=(min(8.0, 0.75 * (k + 1) + 0.4), 1.75 * rows + 0.35), dpi=80)
+    axes = fig.subplots(rows, k + 1, squeeze=False)
+    for row, q in zip(axes, queries):
+        ap = result.ap[q]
+        row[0].imshow(_load_image(q_images[q]))
+        _frame(row[0], QUERY, 3.5)
+        ap_text = "AP n/a" if np.isnan(ap) else f"AP {ap:.2f}"
+        row[0].set_title(f"q{q} pid {q_pids[q]} c{q_camids[q]}\n{ap_text}", fontsize=7)
+        idx, dist, match = evaluation.rank_gallery(
+            d[q], q_pids[q], q_camids[q], g_pids, g_camids, k
+        )
+        for j, ax in enumerate(row[1:]):
+            if j >= len(idx):
+                ax.set_axis_off()
+                continue
+            ax.imshow(_load_image(g_images[idx[j]]))
+            _frame(ax, MATCH if match[j] else MISS)
+            ax.set_title(f"#{j + 1}\n{dist[j]:.3f}", fontsize=7)
+    name = f"{title}: " if title else ""
+    fig.suptitle(f"{name}{heading}; green = same identity, red = other", fontsize=9)
+    fig.subplots_adjust(
+        left=0.02, right=0.98, bottom=0.02, top=1 - 0.55 / fig.get_figheight(), hspace=0.45
+    )
+    return fig
+
+
+def _cmc_values(curve: Any) -> np.ndarray:
+    if isinstance(curve, evaluation.RankResult):
+        return np.asarray(curve.cmc, dtype=np.float64)
+    return np.asarray(curve, dtype=np.float64).reshape(-1)
+
+
+def plot_cmc(
+    curves: Mapping[str, Any],
+    max_rank: int = 20,
+    figsize: tuple[float, float] = (5.0, 3.2),
+    title: str = "CMC (first match)",
+) -> Figure:
+    """CMC curves of several models on one plot, rank-1 in each legend entry.
+
+    Args:
+        curves: name -> ``RankResult`` or a CMC array (fractions in [0, 1]).
+        max_rank: ranks shown (1..max_rank).
+
+    Shape:
+        each CMC (R,) with R >= 1; only the first ``max_rank`` entries are drawn.
+
+    Taught in: notebooks/07_evaluation.ipynb.
+    """
+    if not curves:
+        raise ValueError("curves is empty: pass {name: RankResult or CMC array}")
+    fig = Figure(figsize=figsize, dpi=80)
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        cmc = _cmc_values(curve)[:max_rank]
+        ranks = np.arange(1, len(cmc) + 1)
+        ax.plot(ranks, 100 * cmc, marker="o", ms=3, label=f"{name} (rank-1 {100 * cmc[0]:.1f}%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("rank k")
+    ax.set_ylabel("matched within top k (%)")
+    ax.set_ylim(0, 101)
+    ax.set_xlim(0.5, max_rank + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+_NOT_LOSSES = {"epoch", "eval", "lr", "images_per_s", "acc", "time"}
+
+
+def _numeric_list(value: Any, length: int) -> bool:
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != length or not length:
+        return False
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in value)
+
+
+def plot_history(
+    history: Mapping[str, Any],
+    loss_keys: Sequence[str] | None = None,
+    figsize: tuple[float, float] = (8.0, 3.0),
+) -> Figure:
+    """Training curves: losses per epoch (left), retrieval accuracy per evaluation (right).
+
+    Expected keys (all optional; what is missing is left out):
+
+    - ``"epoch"``: epoch numbers (default ``1..n``);
+    - ``"loss"``: the total loss per epoch (drawn thick);
+    - per-loss lists of the same length, e.g. ``"pedal"``, ``"ipfl"``, ``"ce"``, ``"triplet"``
+      (every numeric per-epoch list except ``epoch``, ``lr``, ``images_per_s``, ``acc``,
+      ``time``; or exactly ``loss_keys``);
+    - ``"eval"``: a list of ``{"epoch": e, "mAP": m, "rank1": r, ...}`` (fractions or
+      percentages), as ``paulkit.train`` records them.
+
+    Shape:
+        every per-epoch list has length ``len(history["epoch"])``.
+
+    Taught in: notebooks/07_evaluation.ipynb.
+    """
+    if not isinstance(history, Mapping):
+        raise ValueError(f"history must be a dict of lists, got {type(history).__name__}")
+    lists = {k: v for k, v in history.items() if isinstance(v, (list, tuple, np.ndarray))}
+    n = (
+        len(history["epoch"])
+        if "epoch" in lists
+        else max((len(v) for k, v in lists.items() if k != "eval"), default=0)
+    )
+    epochs = list(history["epoch"]) if "epoch" in lists else list(range(1, n + 1))
+    keys = [k for k in lists if k not in _NOT_LOSSES] if loss_keys is None else list(loss_keys)
+    keys = [k for k in keys if k in lists and _numeric_list(lists[k], n)]
+    keys.sort(key=lambda k: k != "loss")  # total first
+    evals = [e for e in history.get("eval") or [] if isinstance(e, Mapping) and "epoch" in e]
+    metrics = [m for m in ("mAP", "rank1") if any(m in e for e in evals)]
+    panels = int(bool(keys)) + int(bool(metrics))
+    if not panels:
+        raise ValueError(
+            "history has nothing to plot: expected per-epoch loss lists (e.g. 'loss') and/or "
+            "'eval': [{'epoch', 'mAP', 'rank1'}, ...]"
+        )
+    fig = Figure(figsize=figsize if panels == 2 else (figsize[0] / 2 + 0.5, figsize[1]), dpi=80)
+    axes = list(np.atleast_1d(fig.subplots(1, panels)))
+    if keys:
+        ax = axes.pop(0)
+        for k in keys:
+            ax.plot(epochs, lists[k], marker="o", ms=3, lw=2.2 if k == "loss" else 1.2, label=k)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title("training losses", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if metrics:
+        ax = axes.pop(0)
+        values = [float(e[m]) for e in evals for m in metrics if m in e]
+        scale = 100.0 if max(values) <= 1.0 else 1.0
+        for m in metrics:
+            pts = [(e["epoch"], scale * float(e[m])) for e in evals if m in e]
+            label = "mAP (step)" if m == "mAP" else "rank-1"
+            ax.plot(*zip(*pts), marker="s", ms=4, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.set_title("retrieval on the target", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
