@@ -467,13 +467,14 @@ _SCENE_H, _SCENE_W = HEIGHT + 24, WIDTH * 4
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: tuple[int, int]) -> np.ndarray:
-    small = rng.standard_normal(cells).astype(np.float32)
-    ry, rx = -(-h // cells[0]), -(-w // cells[1])
-    big = np.repeat(np.repeat(small, ry, 0), rx, 1)[:h, :w]
-    for axis in (0, 1):  # two box passes soften the blocks
-        for _ in range(2):
-            big = (np.roll(big, 1, axis) + big + np.roll(big, -1, axis)) / 3
-    return big
+    """Smooth random texture: a coarse normal grid, bilinearly upsampled to (h, w)."""
+    small = rng.standard_normal((cells[0] + 1, cells[1] + 1))
+    ys = np.linspace(0, cells[0], h)
+    xs = np.linspace(0, cells[1], w)
+    rows = np.stack(
+        [np.interp(ys, np.arange(cells[0] + 1), small[:, j]) for j in range(cells[1] + 1)], 1
+    )
+    return np.stack([np.interp(xs, np.arange(cells[1] + 1), r) for r in rows]).astype(np.float32)
 
 
 def _hsv_colour(rng: np.random.Generator, value: float, saturation: float) -> np.ndarray:
@@ -525,6 +526,7 @@ def _scene(knobs: DomainKnobs, cam: int) -> np.ndarray:
 
 @dataclass
 class _Cameras:
+    gain: np.ndarray  # (C, 3): brightness times colour cast
     colour: np.ndarray  # (C, 3, 3): gain and cast, then saturation: rgb_out = colour @ rgb
     blur: np.ndarray  # (C,)
     noise: np.ndarray  # (C,)
@@ -560,6 +562,7 @@ def _cameras(knobs: DomainKnobs) -> _Cameras:
     scenes = np.stack([_scene(knobs, c) @ colour[c].T for c in range(n)])
     bank = np.random.default_rng([knobs.camera_seed, 5]).standard_normal((2 * HEIGHT, 2 * WIDTH, 3))
     return _Cameras(
+        gain=gain.astype(np.float32),
         colour=colour.astype(np.float32),
         blur=(knobs.blur * (0.4 + 1.2 * raw[:, 3])).astype(np.float32),
         noise=(knobs.noise * (0.5 + raw[:, 4])).astype(np.float32),

@@ -33,9 +33,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_size(height: int, width: int) -> None:
-    if not (isinstance(height, int) and isinstance(width, int)) or height < 8 or width < 8:
+    if not (isinstance(height, int) and isinstance(width, int)) or height < 1 or width < 1:
         raise ValueError(
-            f"height={height!r}, width={width!r}: pass two integers of at least 8 "
+            f"height={height!r}, width={width!r}: pass two positive integers "
             "(e.g. 384, 128 for the paper, 64, 32 for the CPU tutorial)"
         )
 
