@@ -322,6 +322,7 @@ class ExplorerData:
     batch_size: int = 128
     _heat: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     _thetas: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    _cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def _features(self, records: Sequence[D.ImageRecord]) -> tuple[torch.Tensor, torch.Tensor]:
         return patch_features(
@@ -359,8 +360,12 @@ class ExplorerData:
     def ranking(self, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All valid gallery items of query ``q`` in rank order: (indices, distances, matches)."""
         rec = self.query[q]
-        g_pids = torch.tensor([r.pid for r in self.gallery])
-        g_camids = torch.tensor([r.camid for r in self.gallery])
+        if "labels" not in self._cache:
+            self._cache["labels"] = (
+                torch.tensor([r.pid for r in self.gallery]),
+                torch.tensor([r.camid for r in self.gallery]),
+            )
+        g_pids, g_camids = self._cache["labels"]
         return evaluation.rank_gallery(
             self.distmat[q], rec.pid, rec.camid, g_pids, g_camids, k=len(self.gallery)
         )
@@ -606,6 +611,8 @@ class PatchExplorer:
         self.widget.add_class("paulkit-explorer")
         self._owned = [w for key, w in list(_instances.items()) if key not in before]
         self.patch = self._check_patch(patch)
+        with self._quiet():
+            self.patch_buttons.value = self.patch
         self.set_query(query)
 
     # ----------------------------------------------------------------- construction helpers
@@ -839,7 +846,7 @@ class PatchExplorer:
                 d.thetas_of_train(idx),
                 nb.similarities[p].numpy(),
                 patch=p,
-                feature_size=d.feature_size,
+                map_size=d.feature_size,
                 labels=[f"train {i}, camid {d.train[i].camid}" for i in idx],
                 title=f"{d.name}: nearest patches in the {d.bank_source} "
                 f"({len(d.train)} training images, no labels)",
@@ -848,7 +855,7 @@ class PatchExplorer:
         idx, dist, match = self._rank()
         k = min(self.top_k, len(idx))
         if view == "ranking":
-            return viz.plot_ranked_list(
+            return viz.plot_ranking(
                 qimg,
                 [self._img(d.gallery[i]) for i in idx[:k]],
                 dist[:k],
@@ -869,7 +876,7 @@ class PatchExplorer:
             d.query_thetas[q],
             d.gallery_thetas[g],
             sim,
-            feature_size=d.feature_size,
+            map_size=d.feature_size,
             highlight=p,
             title=f"{d.name}: query {q} vs rank {self.rank_pos + 1} (pid {grec.pid}, "
             f"{'same' if grec.pid == rec.pid else 'other'} person): similarity {share:.3f}",
