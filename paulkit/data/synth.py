@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 HEIGHT, WIDTH = 128, 64
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the same seed would write other bytes
 MARKER = ".complete"
 
 # Named clothing colours (RGB in [0, 1]); domains differ in how often each is worn.
@@ -1110,6 +1110,9 @@ def generate(
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root, name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data is not
     try:
         count = _write_domain(tmp, domain, preset, int(seed), knobs, progress)
         marker = _marker(domain, preset, int(seed), knobs) | {"images": count}
