@@ -67,6 +67,7 @@ __all__ = [
     "render_people",
     "is_complete",
     "folder_name",
+    "SynthFolderError",
 ]
 
 HEIGHT, WIDTH = 128, 64
@@ -963,6 +964,10 @@ def _plan(
 # --------------------------------------------------------------------------------------------
 
 
+class SynthFolderError(FileExistsError, ValueError):
+    """The destination exists but is not a finished paulkit generation; paulkit leaves it alone."""
+
+
 def _check_domain(domain: str) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"domain={domain!r}: choose 'source' or 'target'")
@@ -1103,7 +1108,7 @@ def generate(
     if is_complete(dest, domain, preset, int(seed), knobs):
         return dest
     if dest.exists() and not (dest / MARKER).exists():
-        raise FileExistsError(
+        raise SynthFolderError(
             f"{dest} exists but is not a finished paulkit generation (no {MARKER} marker); "
             "paulkit does not delete folders it did not make: remove it yourself and run again"
         )
