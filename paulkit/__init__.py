@@ -17,4 +17,6 @@ from paulkit import (  # noqa: E402,F401
     models,
     train,
     utils,
+    viz,
+    widgets,
 )
