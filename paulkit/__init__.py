@@ -15,6 +15,7 @@ from paulkit import (  # noqa: E402,F401
     losses,
     memory,
     models,
+    reproduce,
     train,
     utils,
     viz,
