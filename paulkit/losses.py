@@ -181,6 +181,7 @@ def ipfl_loss(
     max_iter: int = 15,
     nearest: int = 3,
     fallback_zero: bool = True,
+    owner_offset: int | None = None,
 ) -> torch.Tensor:
     """IPFL: each view closer to its own image's centre than to a trusted other centre.
 
@@ -202,9 +203,14 @@ def ipfl_loss(
         fallback_zero: when no candidate is trusted, use d_neg = 0 as the official code does
             (the view is then only pulled towards its centre). False: such a view adds 0 to
             the loss (the mean is still over all views).
+        owner_offset: for several processes (``paulkit.distributed``): ``views`` are then only
+            this process's b images, whose centres are rows ``owner_offset`` to
+            ``owner_offset + b - 1`` of ``centers``, the centres of the whole global batch
+            (gathered), so the negatives come from every process's images. The mean is over
+            the b*num local views. None (default): ``views`` hold every image of ``centers``.
 
     Shape:
-        - views: (B*num, E)
+        - views: (B*num, E), or (b*num, E) with ``owner_offset``
         - centers: (B, E)
         - output: scalar
 
@@ -221,15 +227,24 @@ def ipfl_loss(
             f"centers has {b} image(s); IPFL needs at least two images in the batch (the "
             "negatives are the other images' centres)"
         )
-    if num < 1 or views.shape[0] != b * num:
+    if owner_offset is None and (num < 1 or views.shape[0] != b * num):
         raise ValueError(
             f"num = {num} views per image does not fit: views has {views.shape[0]} rows and "
             f"centers {b} images (need B*num rows, image-major)"
         )
+    first, local = (0, b) if owner_offset is None else (owner_offset, views.shape[0] // max(num, 1))
+    if owner_offset is not None and not (
+        num >= 1 and local >= 1 and views.shape[0] == local * num and 0 <= first <= b - local
+    ):
+        raise ValueError(
+            f"owner_offset = {owner_offset}: views has {views.shape[0]} rows (num = {num} views "
+            f"per image) and centers {b} images; the local images must be whole (b*num rows) "
+            f"and sit inside centers (0 <= owner_offset <= B - b)"
+        )
     if max_iter < 1 or nearest < 1:
         raise ValueError(f"max_iter and nearest must be >= 1, got {max_iter}, {nearest}")
     centers = centers.detach().to(views.dtype)
-    owner = torch.arange(b, device=views.device).repeat_interleave(num)  # (V,)
+    owner = torch.arange(first, first + local, device=views.device).repeat_interleave(num)
     with torch.no_grad():  # the ranking: which centre is each view's trusted negative
         others = _sq_dists(views.detach(), centers).scatter_(1, owner[:, None], float("inf"))
         cand = others.topk(min(max_iter, b - 1), dim=1, largest=False).indices  # nearest first
