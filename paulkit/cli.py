@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paulkit import config
+from paulkit import config, distributed
 from paulkit.utils import CheckpointError
 
 __all__ = ["main", "build_parser"]
@@ -113,13 +113,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
-        model, state = train.load_model(path, train.utils.select_device(args.device))
+        rt = train.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
+        model, state = train.load_model(path, rt.device)
         ckcfg = config.config_from_dict(state["config"])
         if args.data is not None:
             ckcfg = config.override(ckcfg, f"data.root={args.data}")
         if state["phase"] != "adapt":
             model = train.adaptation_model(model, ckcfg).to(next(model.parameters()).device)
-        res = train.evaluate_model(model, train.target_dataset(ckcfg), ckcfg, progress=progress)
+        res = train.evaluate_model(model, train.target_dataset(ckcfg), ckcfg, rt, progress)
         key = "mAP" if args.ap == "step" else "mAP_trapezoid"
         print(
             f"rank-1 {res['rank1']:.4f}  rank-5 {res['rank5']:.4f}  rank-10 {res['rank10']:.4f}  "
@@ -133,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         entry = reproduce.reproduce(
             cfg, args.seeds, device=args.device, out=args.out, progress=progress, command=cmd
         )
-        reproduce.write_results(entry, cfg.name, args.docs)
+        if distributed.env_rank() == 0:  # under torchrun, rank 0 writes
+            reproduce.write_results(entry, cfg.name, args.docs)
         print(f"wrote {args.docs}/results.md and {args.docs}/results.json")
         return 0
     raise CliError(f"unknown command {args.command!r}")
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    distributed.quiet_other_ranks()  # under torchrun only rank 0 prints
     try:
         return _run(args)
     except (CliError, ValueError, FileNotFoundError, CheckpointError) as exc:
@@ -155,3 +158,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"paulkit {args.command}: interrupted (checkpoints so far are kept)", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()

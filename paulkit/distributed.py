@@ -1,0 +1,473 @@
+"""Scale-out: PAUL on several processes with ``torchrun`` and DistributedDataParallel.
+
+paulkit uses PyTorch's own engine, nothing home-made: ``torchrun`` starts one process per
+GPU (or per CPU slot) and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``; :func:`paulkit.train.make_runtime` sees them and calls :func:`setup`, which
+joins the process group (NCCL on CUDA with ``LOCAL_RANK``'s GPU, gloo on the CPU). A plain
+``python -m paulkit adapt`` sees none of them and stays one process without a group.
+
+How PAUL stays exact (docs/scaling.md):
+
+- The preset's batch stays the *global* batch: each of the W ranks takes ``batch / W``
+  images (:func:`local_batch`) through a ``DistributedSampler`` (:class:`GlobalBatchSampler`,
+  ``set_epoch`` every epoch) that replays the one-process shuffle, so the ranks' batches of a
+  step together are exactly the images one process would have taken, and an epoch visits
+  every image once (:func:`train_loader`).
+- Every rank holds the whole patch memory (N, P, D) and image memory (N, E). At each step
+  the batch's indices, first-view patch features and image-level features are all-gathered
+  (:func:`all_gather_cat`) and every rank applies the same update in the same order, so the
+  memories stay bit-identical without further synchronisation.
+- PEDAL runs per rank for its own images against the whole updated bank; IPFL's negatives
+  are the gathered centres of the whole global batch (``ipfl_loss(..., owner_offset=)``).
+  Gradients flow through each rank's own views only and DDP averages them, which is the
+  gradient of the one-process loss (both losses are means over equal shares).
+- The memory initialisation pass and feature extraction for evaluation are sharded over the
+  ranks and gathered (:func:`map_shards`); rank 0 evaluates and sends the result to all.
+
+Not equivalent to one process: BatchNorm's batch statistics (per rank unless
+``Config.sync_bn``), and the random augmentations (each rank draws its own stream).
+
+Taught in: notebooks/06_gpu_training.ipynb.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+__all__ = [
+    "launched",
+    "setup",
+    "shutdown",
+    "env_rank",
+    "quiet_other_ranks",
+    "local_batch",
+    "GlobalBatchSampler",
+    "train_loader",
+    "shard_bounds",
+    "all_gather_cat",
+    "all_gather_uneven",
+    "map_shards",
+    "fill_memories",
+    "evaluate_sharded",
+    "wrap",
+    "average_stats",
+    "broadcast_buffers",
+    "broadcast_object",
+    "barrier",
+]
+
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+# --------------------------------------------------------------------------- process group
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and
+    ``LOCAL_RANK`` are all set)."""
+    return all(k in os.environ for k in _ENV)
+
+
+def env_rank() -> int:
+    """This process's rank from the environment (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
+def setup(device: str | torch.device | None = None) -> tuple[torch.device, int, int]:
+    """Join the process group torchrun describes; returns ``(device, rank, world_size)``.
+
+    The device: ``LOCAL_RANK``'s GPU with NCCL when CUDA is available and ``device`` is None
+    or a CUDA device (the index, if any, is replaced by ``LOCAL_RANK``: one GPU per process);
+    the CPU with gloo when ``device`` is ``"cpu"`` or there is no GPU. Joining twice (several
+    phases in one process) reuses the group.
+
+    Raises:
+        ValueError: not launched by torchrun, or a device torch.distributed cannot use (MPS).
+    """
+    if not launched():
+        raise ValueError(
+            "paulkit.distributed.setup: RANK, WORLD_SIZE and LOCAL_RANK are not set; start the "
+            "command with torchrun (e.g. torchrun --nproc_per_node=2 -m paulkit adapt ...)"
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    want = torch.device(device) if device is not None else None
+    if want is not None and want.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device={str(want)!r}: several processes run on CUDA (NCCL) or the CPU (gloo); "
+            "pass --device cuda or --device cpu"
+        )
+    if (want is None or want.type == "cuda") and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
+                "GPU(s): start at most that many processes per node (--nproc_per_node)"
+            )
+        dev, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(dev)
+    else:
+        if want is not None and want.type == "cuda":
+            raise ValueError("device='cuda' but CUDA is not available; pass --device cpu")
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return dev, dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a command); nothing when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def quiet_other_ranks() -> None:
+    """Under torchrun, send the standard output of every rank but 0 to ``os.devnull``
+    (errors still reach stderr): one process speaks for the job."""
+    if env_rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier(rt: Any = None) -> None:
+    """Wait for every rank (nothing for one process)."""
+    if _world() > 1:
+        dev = getattr(rt, "device", None)
+        if dev is not None and dev.type == "cuda" and dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[dev.index])
+        else:
+            dist.barrier()
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Rank ``src``'s buffers (BatchNorm running statistics) on every rank.
+
+    With per-rank BatchNorm each rank's running statistics follow its own batches (DDP
+    copies rank 0's before each forward, not after the last one); paulkit calls this after
+    every epoch and before every sharded pass, so all ranks hold what rank 0 saves.
+    """
+    if _world() > 1:
+        for b in model.buffers():
+            dist.broadcast(b, src=src)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable object on every rank (``obj`` itself for one process)."""
+    if _world() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def local_batch(batch_size: int, world_size: int, name: str = "batch_size") -> int:
+    """Each rank's share of the global batch: ``batch_size / world_size``.
+
+    Raises:
+        ValueError: the batch does not divide by the number of processes.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if batch_size % world_size:
+        lower = batch_size - batch_size % world_size
+        raise ValueError(
+            f"{name} = {batch_size} does not divide by the {world_size} processes: each rank "
+            f"takes {name} / WORLD_SIZE images of the global batch; use a multiple of "
+            f"{world_size} (e.g. --set {name}={lower or world_size}) or another process count"
+        )
+    return batch_size // world_size
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose ranks split the one-process loader's batches.
+
+    For epoch e (``set_epoch``) it replays the one-process shuffle, a
+    ``DataLoader(shuffle=True, drop_last=True, generator=manual_seed(seed + e))`` over the
+    indices (cheap: integers only, and exactly what :mod:`paulkit.train` draws for one
+    process, whatever torch's loader does with its generator), and yields rank r's block of
+    ``batch_size / world_size`` indices from each of its batches. So step k's images over all
+    ranks are the one-process batch k, every image is visited at most once an epoch, and the
+    incomplete last batch is dropped as one process drops it.
+
+    Args:
+        dataset: the training set (only its length is read).
+        batch_size: the *global* batch (the preset's).
+        num_replicas, rank: the number of processes and this one.
+        seed: base seed; epoch e uses ``seed + e``.
+    """
+
+    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.batch_size = batch_size
+        self.local = local_batch(batch_size, num_replicas)
+        steps = len(dataset) // batch_size
+        self.num_samples, self.total_size = steps * self.local, steps * batch_size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = DataLoader(
+            range(len(self.dataset)), self.batch_size, shuffle=True, drop_last=True, generator=g
+        )
+        lo = self.rank * self.local
+        for batch in order:
+            yield from batch[lo : lo + self.local].tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def train_loader(
+    dataset,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """This rank's shuffled loader for one epoch: ``batch_size / world_size`` images a step,
+    from a :class:`GlobalBatchSampler` with ``set_epoch(epoch)``.
+
+    Args:
+        dataset: the training set.
+        batch_size: the *global* batch (the preset's).
+        rank, world_size: this process and the number of processes.
+        seed: the sampler's base seed (``paulkit.train`` passes ``cfg.seed * 100_003``, so
+            that epoch e shuffles as its one-process ``_generator(cfg.seed, e)`` does).
+        epoch: 0-based epoch.
+        num_workers, pin_memory: passed to the DataLoader.
+    """
+    sampler = GlobalBatchSampler(dataset, batch_size, world_size, rank, seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=sampler.local,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(start, stop)`` of rank's contiguous block of ``n`` items; the blocks, in rank
+    order, are ``0..n-1`` in order (sizes differ by at most one)."""
+    if n < world_size:
+        raise ValueError(
+            f"{n} item(s) cannot be shared by {world_size} processes; use fewer processes"
+        )
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (rank < extra)
+
+
+# --------------------------------------------------------------------------- collectives
+
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order (same shape on all ranks).
+
+    This is ``Runtime.gather`` under torchrun: the batch's indices and features reach every
+    process before the memories are updated. No gradient flows through it.
+
+    Shape:
+        (b, ...) on each rank -> (W*b, ...)
+    """
+    if _world() == 1:
+        return x
+    x = x.detach().contiguous()
+    parts = [torch.empty_like(x) for _ in range(_world())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts)
+
+
+def all_gather_uneven(x: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather_cat` for blocks whose first dimension differs between ranks
+    (shards of a data set): the sizes are exchanged first and the blocks padded.
+
+    Shape:
+        (n_r, ...) on rank r -> (sum_r n_r, ...)
+    """
+    world = _world()
+    if world == 1:
+        return x
+    x = x.detach().contiguous()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    pad = x.new_zeros((max(counts), *x.shape[1:]))
+    pad[: x.shape[0]] = x
+    parts = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(parts, pad)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
+def average_stats(stats: dict[str, float], rt: Any) -> dict[str, float]:
+    """An epoch's per-rank statistics made global: the mean over ranks (each rank's value
+    is a mean over an equal share, so this is the one-process mean), ``images_per_s`` summed."""
+    if getattr(rt, "world_size", 1) == 1:
+        return stats
+    keys = sorted(stats)
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    out = {k: float(v) / rt.world_size for k, v in zip(keys, t.tolist())}
+    if "images_per_s" in out:
+        out["images_per_s"] *= rt.world_size
+    return out
+
+
+# --------------------------------------------------------------------------- sharded passes
+
+
+def map_shards(
+    fn: Callable[[Any], Sequence[torch.Tensor]],
+    dataset,
+    batch_size: int,
+    rt: Any,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "shard",
+) -> list[torch.Tensor]:
+    """Run ``fn`` over this rank's contiguous block of ``dataset`` and gather the results.
+
+    ``fn(batch)`` returns a tuple of tensors with the batch in dim 0; each is concatenated
+    over the rank's batches, then over the ranks in rank order (:func:`all_gather_uneven`),
+    so row i of every result belongs to item i of ``dataset``, as one process would give.
+
+    Returns:
+        The gathered tensors, on ``rt.device``, identical on every rank.
+    """
+    start, stop = shard_bounds(len(dataset), rt.rank, rt.world_size)
+    loader = DataLoader(
+        Subset(dataset, range(start, stop)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=rt.pin_memory,
+    )
+    cols: list[list[torch.Tensor]] = []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        out = fn(batch)
+        cols = cols or [[] for _ in out]
+        for col, t in zip(cols, out):
+            col.append(t.to(rt.device))
+    return [all_gather_uneven(torch.cat(col)) for col in cols]
+
+
+@torch.no_grad()
+def fill_memories(
+    model: nn.Module,
+    dataset,
+    patch_memory,
+    image_memory,
+    rt: Any,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> None:
+    """The memory initialisation pass, sharded: each rank runs the model (in the mode the
+    caller set) on its block's first views; every rank then fills all N slots."""
+
+    def first_view(batch):
+        views, index = batch
+        with rt.autocast():
+            out = model(rt.to_device(views[:, 0]))
+        return index, out.patch_feats.float(), out.embedding.float()
+
+    broadcast_buffers(model)
+    index, feats, emb = map_shards(
+        first_view, dataset, batch_size, rt, num_workers, progress, "memory init"
+    )
+    patch_memory.update(index, feats)
+    image_memory.update(index, emb, num=1)
+
+
+def evaluate_sharded(
+    model: nn.Module,
+    query,
+    gallery,
+    rt: Any,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Sharded feature extraction, gathered; rank 0 evaluates and every rank gets its result.
+
+    Args:
+        model: the network (not the DDP wrapper); runs ``descriptor`` in eval mode.
+        query, gallery: ``paulkit.data.ImageDataset`` s of the target's query and gallery.
+        rt: the runtime (``paulkit.train.Runtime``) with ``rank``/``world_size``.
+
+    Returns:
+        ``RankResult.as_dict()`` of :func:`paulkit.evaluation.evaluate_features`.
+    """
+    from paulkit import evaluation
+
+    def fn(batch):
+        f, pids, camids, _ = evaluation.extract_features(model, [batch], rt.device, False)
+        return f, pids, camids
+
+    def extract(dataset):
+        return map_shards(fn, dataset, batch_size, rt, num_workers, progress, "features")
+
+    broadcast_buffers(model)  # every shard seen through rank 0's model
+    (qf, q_pids, q_camids), (gf, g_pids, g_camids) = extract(query), extract(gallery)
+    res = None
+    if rt.rank == 0:
+        args = [t.cpu() for t in (qf, gf, q_pids, g_pids, q_camids, g_camids)]
+        res = evaluation.evaluate_features(*args).as_dict()
+    return broadcast_object(res)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def wrap(
+    model: nn.Module,
+    rt: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    sync_bn: bool = False,
+) -> nn.Module:
+    """The module the training loop calls: ``model`` itself for one process, else
+    ``DistributedDataParallel(model)`` (gradients averaged over the ranks).
+
+    Under DDP, parameters the optimiser does not train (PAUL's frozen patch generator and
+    embedding layers) stop requiring gradients, so DDP neither waits for nor sends them;
+    ``sync_bn`` converts the BatchNorm layers to ``SyncBatchNorm`` (CUDA only). Weights,
+    state-dict keys and the optimiser's parameters stay those of ``model``: checkpoints are
+    written from ``model`` and load in any number of processes.
+    """
+    if rt.world_size == 1:
+        return model
+    if sync_bn:
+        if rt.device.type != "cuda":
+            raise ValueError(
+                "sync_bn=True: torch's SyncBatchNorm runs on CUDA only; on the CPU (gloo) "
+                "leave it off (per-rank BatchNorm statistics)"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if optimizer is not None:
+        trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for p in model.parameters():
+            if id(p) not in trained:
+                p.requires_grad_(False)
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
