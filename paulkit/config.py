@@ -123,6 +123,9 @@ class Config:
     amp: bool = True  # mixed precision on CUDA only
     channels_last: bool = True  # CUDA only
     compile: bool = False
+    # Several processes (torchrun, docs/scaling.md): SyncBatchNorm over all ranks instead of
+    # per-rank BatchNorm statistics (CUDA only). A runtime switch like amp: not in phase_hash.
+    sync_bn: bool = False
 
 
 def _paper(name: str, target: str, batch: int, scale: float) -> Config:
@@ -141,15 +144,15 @@ PRESETS: dict[str, Config] = {
         name="tutorial",
         data=DataConfig(synth_preset="tiny", height=64, width=32),
         model=ModelConfig(arch="small", small_width=32),
-        pretrain=PretrainConfig(epochs=12, batch_size=32, lr_step=9, stn_start=6, stn_stop=9),
-        adapt=AdaptConfig(epochs=6, batch_size=32, lr=1e-2, lr_step=5, eval_every=2),
+        pretrain=PretrainConfig(epochs=8, batch_size=32, lr_step=6, stn_start=4, stn_stop=6),
+        adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
     ),
     "synth_small": Config(
         name="synth_small",
         data=DataConfig(synth_preset="small", height=64, width=32),
         model=ModelConfig(arch="small", small_width=32),
-        pretrain=PretrainConfig(epochs=20, batch_size=32, lr_step=15, stn_start=10, stn_stop=15),
-        adapt=AdaptConfig(epochs=10, batch_size=32, lr=1e-2, lr_step=8, eval_every=2),
+        pretrain=PretrainConfig(epochs=10, batch_size=32, lr_step=8, stn_start=5, stn_stop=8),
+        adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
     ),
     # A larger synthetic run for a GPU (ResNet-50 at 256x128, ImageNet weights when present).
     "synth_gpu": Config(

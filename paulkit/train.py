@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from paulkit import config as C
 from paulkit import data as D
+from paulkit import distributed as ddp
 from paulkit import evaluation, losses, memory, models, utils
 
 __all__ = [
@@ -58,7 +59,8 @@ class Runtime:
     """Everything that depends on the device, chosen in one place (:func:`make_runtime`).
 
     ``gather`` is how a batch's tensors reach every process before the memories are updated:
-    the identity for one process (the scale-out issue passes an all-gather).
+    the identity for one process, an all-gather under torchrun (``rank`` of ``world_size``
+    processes; :mod:`paulkit.distributed`, docs/scaling.md).
     """
 
     device: torch.device
@@ -67,6 +69,8 @@ class Runtime:
     channels_last: bool = False
     pin_memory: bool = False
     gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+    rank: int = 0
+    world_size: int = 1
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -80,14 +84,26 @@ class Runtime:
         return x
 
 
-def make_runtime(cfg: C.Config, device: str | torch.device | None = None) -> Runtime:
+def make_runtime(
+    cfg: C.Config, device: str | torch.device | None = None, distributed: bool | None = None
+) -> Runtime:
     """Pick the device (CUDA, then MPS, then CPU, or ``device``) and its speed switches.
 
     On CUDA: bf16 autocast where supported, else fp16 with a gradient scaler;
     channels_last; pinned memory; ``cudnn.benchmark`` (unless deterministic).
+
+    Under torchrun (``distributed=None`` and RANK/WORLD_SIZE/LOCAL_RANK set, or ``True``)
+    the process joins the group: NCCL on LOCAL_RANK's GPU, gloo on the CPU
+    (:func:`paulkit.distributed.setup`), and ``gather`` becomes an all-gather.
     """
-    dev = utils.select_device(device)
-    rt = Runtime(device=dev)
+    launched = ddp.launched() if distributed is None else distributed
+    if launched:
+        dev, rank, world = ddp.setup(device)
+    else:
+        dev, rank, world = utils.select_device(device), 0, 1
+    rt = Runtime(device=dev, rank=rank, world_size=world)
+    if world > 1:
+        rt.gather = ddp.all_gather_cat
     if dev.type == "cuda":
         rt.pin_memory = True
         rt.channels_last = cfg.channels_last
@@ -139,13 +155,19 @@ def target_dataset(cfg: C.Config):
     return _dataset(cfg.data.target, cfg.data.root, cfg, "target")
 
 
-def build_model(cfg: C.Config, num_classes: int | None = None, pretrain: bool = False) -> nn.Module:
-    """PatchNet as the config describes it."""
+def build_model(
+    cfg: C.Config,
+    num_classes: int | None = None,
+    pretrain: bool = False,
+    backbone_weights: bool = True,
+) -> nn.Module:
+    """PatchNet as the config describes it; ``backbone_weights=False`` skips loading
+    ``cfg.model.weights`` (for a model whose weights come from a checkpoint next)."""
     m = cfg.model
     return models.PatchNet(
         num_classes=num_classes,
         arch=m.arch,
-        weights=m.weights,
+        weights=m.weights if backbone_weights else None,
         num_patches=m.num_patches,
         patch_dim=m.patch_dim,
         embed_dim=m.embed_dim,
@@ -159,6 +181,11 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _loader(dataset, batch_size: int, rt: Runtime, cfg: C.Config, shuffle: bool, epoch: int = 0):
+    if shuffle and rt.world_size > 1:  # this rank's share of each global batch (same images)
+        seed, workers = cfg.seed * 100_003, cfg.data.num_workers  # as _generator(seed, epoch)
+        return ddp.train_loader(
+            dataset, batch_size, rt.rank, rt.world_size, seed, epoch, workers, rt.pin_memory
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -171,10 +198,10 @@ def _loader(dataset, batch_size: int, rt: Runtime, cfg: C.Config, shuffle: bool,
     )
 
 
-def _seed_epoch(cfg: C.Config, epoch: int) -> None:
+def _seed_epoch(cfg: C.Config, epoch: int, rank: int = 0) -> None:
     # The augmentation randomness of an epoch depends only on (seed, epoch): a resumed run
     # repeats exactly what an uninterrupted one would have done.
-    s = cfg.seed * 100_003 + epoch
+    s = cfg.seed * 100_003 + epoch + 1_000_003 * rank  # each rank its own augmentations
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -295,12 +322,15 @@ def pretrain(
     utils.set_seed(cfg.seed, cfg.deterministic)
     rt = make_runtime(cfg, device)
     p = cfg.pretrain
+    ddp.local_batch(p.batch_size, rt.world_size, "pretrain.batch_size")  # before any work
+    progress = progress and rt.rank == 0
     records = source_records(cfg, use_target_labels)
     num_classes = max(r.pid for r in records) + 1
     model = build_model(cfg, num_classes=num_classes, pretrain=True).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _pretrain_optimizer(model, p)
+    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "ce", "triplet", "acc", "lr")}
     history["images_per_s"] = []
     phase = "oracle" if use_target_labels else "pretrain"
@@ -314,19 +344,22 @@ def pretrain(
     for epoch in range(start, p.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        _seed_epoch(cfg, epoch)
+        _seed_epoch(cfg, epoch, rt.rank)
         lrs = pretrain_lrs(p, epoch)
         _set_lrs(optimizer, lrs)
         loader = _loader(dataset, p.batch_size, rt, cfg, shuffle=True, epoch=epoch)
         stats = pretrain_epoch(
-            model, loader, optimizer, rt, p, progress, desc=f"{phase} {epoch + 1}/{p.epochs}"
+            net, loader, optimizer, rt, p, progress, desc=f"{phase} {epoch + 1}/{p.epochs}"
         )
+        stats = ddp.average_stats(stats, rt)
+        ddp.broadcast_buffers(model)  # rank 0's BatchNorm statistics on every rank
         history["epoch"].append(epoch + 1)
         history["lr"].append(lrs["new"])
         for k in ("loss", "ce", "triplet", "acc", "images_per_s"):
             history[k].append(stats[k])
-        if checkpoint is not None:
+        if checkpoint is not None and rt.rank == 0:
             _save(checkpoint, cfg, phase, epoch + 1, model, optimizer, history, num_classes)
+    ddp.barrier(rt)
     return model, history
 
 
@@ -422,6 +455,11 @@ def init_memories(
     pm, im = pm.to(rt.device), im.to(rt.device)
     was_training = model.training
     model.eval()
+    if rt.world_size > 1:  # each rank runs a shard; every rank then fills all slots alike
+        w = cfg.data.num_workers
+        ddp.fill_memories(model, dataset, pm, im, rt, 2 * cfg.adapt.batch_size, w, progress)
+        model.train(was_training)
+        return pm, im
     loader = _loader(dataset, 2 * cfg.adapt.batch_size, rt, cfg, shuffle=False)
     for views, index in _progress(loader, progress, "memory init"):
         x = rt.to_device(views[:, 0])
@@ -462,16 +500,18 @@ def adapt_epoch(
         first = feats.view(b, num, *feats.shape[1:])[:, 0]
         # Memories first, before the loss (PAPER.md); with several processes `gather`
         # brings every process's batch so that all memories apply the same update.
-        patch_memory.update(rt.gather(index), rt.gather(first.detach()))
-        centers = image_memory.update(rt.gather(index), rt.gather(emb.detach()), num=num)
+        every_index = rt.gather(index)
+        patch_memory.update(every_index, rt.gather(first.detach()))
+        centers = image_memory.update(every_index, rt.gather(emb.detach()), num=num)
         loss = torch.zeros((), device=rt.device)
         pedal = ipfl = torch.zeros((), device=rt.device)
         if a.pedal_weight:
             pedal = losses.pedal_loss(first, patch_memory.bank, index, a.pedal_scale, a.pedal_k)
             loss = loss + a.pedal_weight * pedal
         if a.ipfl_weight:
+            own = rt.rank * b  # this rank's images among the global batch's centres
             ipfl = losses.ipfl_loss(
-                emb, centers, num, a.ipfl_margin, a.ipfl_max_iter, a.ipfl_nearest
+                emb, centers, num, a.ipfl_margin, a.ipfl_max_iter, a.ipfl_nearest, owner_offset=own
             )
             loss = loss + a.ipfl_weight * ipfl
         optimizer.zero_grad(set_to_none=True)
@@ -487,10 +527,17 @@ def adapt_epoch(
     return stats
 
 
+def _attach_memories(model: nn.Module, pm: memory.PatchMemory, im: memory.ImageMemory) -> None:
+    # Plain attributes (not registered submodules): the memories travel with the model for
+    # the explorer but stay out of its state_dict (checkpoints store them separately).
+    model.__dict__["patch_memory"] = pm
+    model.__dict__["image_memory"] = im
+
+
 def adaptation_model(pretrained: nn.Module | dict, cfg: C.Config) -> nn.Module:
     """The unsupervised-stage PatchNet (no classifier, no ReLU) with pretrained weights."""
     state = pretrained.state_dict() if isinstance(pretrained, nn.Module) else pretrained
-    model = build_model(cfg, num_classes=None, pretrain=False)
+    model = build_model(cfg, num_classes=None, pretrain=False, backbone_weights=False)
     models.load_pretrained(model, state)
     return model
 
@@ -517,6 +564,8 @@ def adapt(
     utils.set_seed(cfg.seed, cfg.deterministic)
     rt = make_runtime(cfg, device)
     a = cfg.adapt
+    ddp.local_batch(a.batch_size, rt.world_size, "adapt.batch_size")  # before any work
+    progress = progress and rt.rank == 0
     target = target_dataset(cfg)
     # Adaptation reads only the images of target.train: MultiViewDataset never yields a pid.
     train_set = D.MultiViewDataset(
@@ -529,6 +578,11 @@ def adapt(
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _adapt_optimizer(model, a)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for p in model.parameters():  # frozen: no gradient is computed for them at all
+        if id(p) not in trained:
+            p.requires_grad_(False)
+    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "pedal", "ipfl", "lr")}
     history["images_per_s"], history["eval"] = [], []
     every = evaluate_every if evaluate_every is not None else a.eval_every
@@ -537,8 +591,9 @@ def adapt(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]
-        pm = memory.PatchMemory(len(train_set), cfg.model.num_patches, cfg.model.patch_dim)
-        im = memory.ImageMemory(len(train_set), cfg.model.num_patches * cfg.model.embed_dim)
+        mom = a.memory_momentum
+        pm = memory.PatchMemory(len(train_set), cfg.model.num_patches, cfg.model.patch_dim, mom)
+        im = memory.ImageMemory(len(train_set), cfg.model.num_patches * cfg.model.embed_dim, mom)
         pm.load_state_dict(state["patch_memory"])
         im.load_state_dict(state["image_memory"])
         pm, im = pm.to(rt.device), im.to(rt.device)
@@ -550,14 +605,16 @@ def adapt(
     for epoch in range(start, a.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        _seed_epoch(cfg, epoch)
+        _seed_epoch(cfg, epoch, rt.rank)
         lr = a.lr * (0.1 if epoch >= a.lr_step else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loader = _loader(train_set, a.batch_size, rt, cfg, shuffle=True, epoch=epoch)
         stats = adapt_epoch(
-            model, loader, optimizer, pm, im, rt, a, progress, f"adapt {epoch + 1}/{a.epochs}"
+            net, loader, optimizer, pm, im, rt, a, progress, f"adapt {epoch + 1}/{a.epochs}"
         )
+        stats = ddp.average_stats(stats, rt)
+        ddp.broadcast_buffers(model)  # rank 0's BatchNorm statistics on every rank
         history["epoch"].append(epoch + 1)
         history["lr"].append(lr)
         for k in ("loss", "pedal", "ipfl", "images_per_s"):
@@ -566,9 +623,10 @@ def adapt(
             history["eval"].append(
                 {"epoch": epoch + 1, **evaluate_model(model, target, cfg, rt, progress)}
             )
-        if checkpoint is not None:
+        if checkpoint is not None and rt.rank == 0:
             _save(checkpoint, cfg, "adapt", epoch + 1, model, optimizer, history, None, pm, im)
-    model.patch_memory, model.image_memory = pm, im  # for the explorer; not in state_dict
+    _attach_memories(model, pm, im)  # for the explorer; plain attributes, not in state_dict
+    ddp.barrier(rt)
     return model, history
 
 
@@ -585,6 +643,10 @@ def evaluate_model(
     """Rank-1/5/10, mAP (step and trapezoid) and mINP on the target's query/gallery."""
     rt = rt or make_runtime(cfg)
     tf = D.transforms.test_transform(cfg.data.height, cfg.data.width)
+    if rt.world_size > 1:  # each rank extracts a shard; rank 0 evaluates (docs/scaling.md)
+        qs, gs = D.ImageDataset(target.query, tf), D.ImageDataset(target.gallery, tf)
+        w = cfg.data.num_workers
+        return ddp.evaluate_sharded(model, qs, gs, rt, 128, w, progress and rt.rank == 0)
     q = _loader(D.ImageDataset(target.query, tf), 128, rt, cfg, shuffle=False)
     g = _loader(D.ImageDataset(target.gallery, tf), 128, rt, cfg, shuffle=False)
     qf, q_pids, q_camids, _ = evaluation.extract_features(model, q, rt.device, progress=progress)
@@ -662,9 +724,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     state = _check(utils.load_checkpoint(path), path)
     cfg = C.config_from_dict(state["config"])
     if state["phase"] == "adapt":
-        model = build_model(cfg, None, pretrain=False)
+        model = build_model(cfg, None, pretrain=False, backbone_weights=False)
     else:
-        model = build_model(cfg, state["num_classes"], pretrain=True)
+        model = build_model(cfg, state["num_classes"], pretrain=True, backbone_weights=False)
     models.load_pretrained(model, state["model"])
     model = model.to(device)
     if "patch_memory" in state:
@@ -673,7 +735,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         im = memory.ImageMemory(n, cfg.model.num_patches * cfg.model.embed_dim)
         pm.load_state_dict(state["patch_memory"])
         im.load_state_dict(state["image_memory"])
-        model.patch_memory, model.image_memory = pm.to(device), im.to(device)
+        _attach_memories(model, pm.to(device), im.to(device))
     return model, state
 
 
@@ -698,12 +760,14 @@ def train_or_load(
     path = checkpoint_path(cfg, phase, tag, out)
     epochs = cfg.adapt.epochs if phase == "adapt" else cfg.pretrain.epochs
     want = phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain")
-    dev = utils.select_device(device)
+    dev = make_runtime(cfg, device).device  # LOCAL_RANK's GPU under torchrun
     if path.exists():
         state = _check(utils.load_checkpoint(path), path)
         if state["config_hash"] != want:
             print(f"{path.name}: config changed since it was trained (hash); training again")
-            path.unlink()
+            ddp.barrier()  # every rank has read it before rank 0 removes it
+            if ddp.env_rank() == 0:
+                path.unlink()
         elif state["epoch"] >= epochs:
             model, _ = load_model(path, dev)
             print(f"loaded {phase} checkpoint {path} (epoch {state['epoch']})")
