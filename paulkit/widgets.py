@@ -915,4 +915,11 @@ class PatchExplorer:
         self._owned = []
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):  # what a viewer without a kernel shows instead
+            names = ", ".join(self.data)
+            bundle["text/plain"] = (
+                f"PatchExplorer ({names}): run the notebook in Jupyter to use it; "
+                "explorer.show_static() draws its views as images."
+            )
+        return bundle

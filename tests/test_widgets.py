@@ -383,6 +383,9 @@ def test_explorer_controls_call_the_callbacks(explorer_inputs):
     data, _ = explorer_inputs
     ex = widgets.PatchExplorer(data["direct"], top_k=2, num_neighbours=2)
     assert ex.model_buttons.layout.display == "none"  # one model: no model selector
+    bundle = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("PatchExplorer (direct)")
     png = ex.png("patches")
     ex.query_slider.value = 1  # as the browser does
     assert ex.query == int(ex.subset[1]) and ex.png("patches") != png
