@@ -25,6 +25,10 @@ __all__ = [
     "to_rgb",
     "patch_corners",
     "plot_patches",
+    "select_queries",
+    "plot_ranked_lists",
+    "plot_cmc",
+    "plot_history",
     "patch_boxes",
     "patch_color",
     "plot_patch_boxes",
@@ -154,13 +158,13 @@ _MODE_TITLES = {
 
 
 def _load_image(item: Any) -> np.ndarray:
-    """A path or PIL image (read as RGB), else whatever :func:`_to_rgb` takes."""
+    """A path or PIL image (read as RGB), else whatever :func:`to_rgb` takes."""
     if isinstance(item, (str, Path)):
         with Image.open(item) as im:
             return np.asarray(im.convert("RGB"))
     if isinstance(item, Image.Image):
         return np.asarray(item.convert("RGB"))
-    return _to_rgb(item)
+    return to_rgb(item)
 
 
 def _frame(ax, color: str, width: float = 3.0) -> None:
@@ -248,11 +252,11 @@ def plot_ranked_lists(
     q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
     g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
     rows = len(queries)
-    fig = Figure(figsize=(min(8.0, 0.75 * (k + 1) + 0.4), 1.75 * rows + 0.35), dpi=80)
+    fig = Figure(figsize=(min(8.0, 0.62 * (k + 1) + 0.4), 1.45 * rows + 0.35), dpi=72)
     axes = fig.subplots(rows, k + 1, squeeze=False)
     for row, q in zip(axes, queries):
         ap = result.ap[q]
-        row[0].imshow(_load_image(q_images[q]))
+        row[0].imshow(_load_image(q_images[q]), interpolation="nearest")
         _frame(row[0], QUERY, 3.5)
         ap_text = "AP n/a" if np.isnan(ap) else f"AP {ap:.2f}"
         row[0].set_title(f"q{q} pid {q_pids[q]} c{q_camids[q]}\n{ap_text}", fontsize=7)
@@ -263,7 +267,7 @@ def plot_ranked_lists(
             if j >= len(idx):
                 ax.set_axis_off()
                 continue
-            ax.imshow(_load_image(g_images[idx[j]]))
+            ax.imshow(_load_image(g_images[idx[j]]), interpolation="nearest")
             _frame(ax, MATCH if match[j] else MISS)
             ax.set_title(f"#{j + 1}\n{dist[j]:.3f}", fontsize=7)
     name = f"{title}: " if title else ""
