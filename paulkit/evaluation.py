@@ -187,13 +187,18 @@ def _sort_rows(d: torch.Tensor, pool: ThreadPoolExecutor | None, workers: int) -
     a = d.numpy()
     out = np.empty_like(a)
     if pool is None or len(a) < 2:
-        out[:] = np.sort(a, axis=1)
+        bounds = np.array([0, len(a)])
     else:
         bounds = np.linspace(0, len(a), workers + 1).astype(int)
 
-        def work(i: int) -> None:
-            out[bounds[i] : bounds[i + 1]] = np.sort(a[bounds[i] : bounds[i + 1]], axis=1)
+    def work(i: int) -> None:  # copy a block of rows, sort it in place (NumPy frees the GIL)
+        block = out[bounds[i] : bounds[i + 1]]
+        block[:] = a[bounds[i] : bounds[i + 1]]
+        block.sort(axis=1)
 
+    if len(bounds) == 2:
+        work(0)
+    else:
         list(pool.map(work, range(len(bounds) - 1)))
     return torch.from_numpy(out)
 
