@@ -167,13 +167,18 @@ def gap_check(source: Path, target: Path, epochs: int = 12) -> dict[str, float]:
 
     xs, ys, _ = tensors(src.train)
     xt, yt, _ = tensors(tgt.train)
+    out: dict[str, float] = {}
+
+    def note(name: str, value: float) -> None:
+        out[name] = value
+        print(f"  small CNN, {name}: mAP {value:.1f}", flush=True)
+
     net = train(xs, np.array(ys), src.num_train_pids)
-    return {
-        "source -> source": score(net, src),
-        "direct transfer": score(net, tgt),
-        "AdaBN": score(adabn(net, xt), tgt),
-        "oracle (target labels)": score(train(xt, yt, tgt.num_train_pids), tgt),
-    }
+    note("source -> source", score(net, src))
+    note("direct transfer", score(net, tgt))
+    note("AdaBN", score(adabn(net, xt), tgt))
+    note("oracle (target labels)", score(train(xt, yt, tgt.num_train_pids), tgt))
+    return out
 
 
 def main() -> None:
