@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The torch build to install first. On this project's CPU machines these two
 # versions install from local disk; override e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-PRESET ?= tutorial
+SYNTH ?= tiny  # size of the embedded synthetic data made by `make data`
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 900
 
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 data: venv
-	$(PY) -m paulkit synth --preset $(PRESET)
+	$(PY) -m paulkit synth --preset $(SYNTH)
 
 lint: venv
 	$(VENV)/bin/ruff check paulkit tests bench notebooks
