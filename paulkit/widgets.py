@@ -847,7 +847,7 @@ class PatchExplorer:
                 nb.similarities[p].numpy(),
                 patch=p,
                 map_size=d.feature_size,
-                labels=[f"train {i}, camid {d.train[i].camid}" for i in idx],
+                labels=[f"#{i} \u00b7 camid {d.train[i].camid}" for i in idx],
                 title=f"{d.name}: nearest patches in the {d.bank_source} "
                 f"({len(d.train)} training images, no labels)",
                 fig=fig,
@@ -897,12 +897,28 @@ class PatchExplorer:
             raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
         return bytes(self.images[view].value)
 
-    def show_static(self) -> None:
-        """Display every view as a plain PNG: it survives HTML export and nbval."""
+    def show_static(self, format: str = "jpeg") -> None:
+        """Display every view as a plain image: it survives HTML export and nbval.
+
+        Args:
+            format: ``"jpeg"`` (default: a fraction of the PNG's size for photographs, which
+                keeps committed notebooks small) or ``"png"``.
+        """
+        import io
+
         from IPython.display import Image, Markdown, display
 
+        if format not in ("jpeg", "png"):
+            raise ValueError(f"format must be 'jpeg' or 'png', got {format!r}")
         for v in VIEWS:
-            display(Markdown(f"**{v}**"), Image(data=self.png(v), format="png"))
+            if format == "png":
+                data = self.png(v)
+            else:
+                buf = io.BytesIO()
+                fig = self.figures[v]
+                fig.savefig(buf, format="jpeg", dpi=fig.dpi, pil_kwargs={"quality": 85})
+                data = buf.getvalue()
+            display(Markdown(f"**{v}**"), Image(data=data, format=format))
 
     def close(self) -> None:
         """Close every widget this explorer made (layouts and styles too) and release the

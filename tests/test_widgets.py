@@ -394,6 +394,24 @@ def test_explorer_controls_call_the_callbacks(explorer_inputs):
     ex.close()
 
 
+def test_static_views_for_exported_html(explorer_inputs, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs: shown.extend(objs))
+    ex = widgets.PatchExplorer(explorer_inputs[0]["direct"], top_k=2, num_neighbours=1)
+    ex.show_static()
+    images = [o for o in shown if isinstance(o, IPython.display.Image)]
+    assert len(images) == len(widgets.VIEWS)
+    assert all(im.data[:2] == b"\xff\xd8" for im in images)  # JPEG: small committed notebooks
+    shown.clear()
+    ex.show_static(format="png")
+    assert [o.data for o in shown if isinstance(o, IPython.display.Image)][0] == ex.png("patches")
+    with pytest.raises(ValueError, match="format"):
+        ex.show_static(format="gif")
+    ex.close()
+
+
 def test_filters_pick_the_queries_the_models_disagree_on(explorer_inputs):
     data, _ = explorer_inputs
     a, b = data["direct"].rank1.numpy(), data["adapted"].rank1.numpy()
