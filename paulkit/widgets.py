@@ -553,7 +553,10 @@ class PatchExplorer:
         self.figures: dict[str, Any] = {}
         self.render_count = dict.fromkeys(VIEWS, 0)
 
-        self.images = {v: W.Image(format="png") for v in VIEWS}
+        # At the figure's own size: a VBox would otherwise stretch (and blur) the images.
+        self.images = {
+            v: W.Image(format="png", layout=W.Layout(align_self="flex-start")) for v in VIEWS
+        }
         for v, im in self.images.items():
             im.add_class("paulkit-view")
             im.add_class(f"paulkit-{v}")
