@@ -258,7 +258,7 @@ def plot_ranked_lists(
         ap = result.ap[q]
         row[0].imshow(_load_image(q_images[q]), interpolation="nearest")
         _frame(row[0], QUERY, 3.5)
-        ap_text = "AP n/a" if np.isnan(ap) else f"AP {ap:.2f}"
+        ap_text = "AP n/a" if np.isnan(ap) else f"AP {ap:.3f}"
         row[0].set_title(f"q{q} pid {q_pids[q]} c{q_camids[q]}\n{ap_text}", fontsize=7)
         idx, dist, match = evaluation.rank_gallery(
             d[q], q_pids[q], q_camids[q], g_pids, g_camids, k
@@ -315,7 +315,7 @@ def plot_cmc(
     ax.set_ylim(0, 101)
     ax.set_xlim(0.5, max_rank + 0.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

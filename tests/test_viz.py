@@ -59,7 +59,7 @@ def test_ranked_list_frames_titles_and_exclusions():
     axes = fig.axes
     assert len(axes) == 5
     assert frame_color(axes[0]) == viz.QUERY
-    assert "AP 0.37" in axes[0].get_title()
+    assert "AP 0.367" in axes[0].get_title()  # (1/3 + 2/5) / 2
     # q0's valid list: g1 (0.1, x), g3 (0.2, distractor x), g0 (0.3, v), g4 (0.4, x)
     colors = [frame_color(ax) for ax in axes[1:]]
     assert colors == [viz.MISS, viz.MISS, viz.MATCH, viz.MISS]
