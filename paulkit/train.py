@@ -659,12 +659,23 @@ def evaluate_model(
 
 
 def phase_hash(cfg: C.Config, phase: str) -> str:
-    """Hash of the config fields a phase's result depends on."""
+    """Hash of the config fields a phase's result depends on.
+
+    With the embedded synthetic data it also covers the generator's version and the knobs
+    of the domains the phase reads (source for pretraining, target for the oracle, both for
+    adaptation), so a checkpoint trained on other synthetic data is never reused.
+    """
     d = C.config_to_dict(cfg)
     keep = {"data", "model", "pretrain", "seed", "deterministic"}
     if phase == "adapt":
         keep |= {"adapt"}
-    return C.config_hash({k: v for k, v in d.items() if k in keep})
+    d = {k: v for k, v in d.items() if k in keep}
+    roles = {"pretrain": ["source"], "oracle": ["target"]}.get(phase, ["source", "target"])
+    names = {"source": cfg.data.source, "target": cfg.data.target}
+    synthetic = [r for r in roles if names[r] == "synth"]
+    if synthetic:
+        d["synth"] = [D.synth.GENERATOR_VERSION] + [D.synth.DOMAINS[r].digest() for r in synthetic]
+    return C.config_hash(d)
 
 
 def _save(path, cfg, phase, epoch, model, optimizer, history, num_classes, pm=None, im=None):
@@ -672,7 +683,7 @@ def _save(path, cfg, phase, epoch, model, optimizer, history, num_classes, pm=No
         "format": CHECKPOINT_FORMAT,
         "phase": phase,
         "config": C.config_to_dict(cfg),
-        "config_hash": phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain"),
+        "config_hash": phase_hash(cfg, phase),
         "epoch": epoch,
         "num_classes": num_classes,
         "model": model.state_dict(),
@@ -699,7 +710,7 @@ def _try_resume(checkpoint, cfg: C.Config, phase: str) -> dict | None:
     if checkpoint is None or not Path(checkpoint).exists():
         return None
     state = _check(utils.load_checkpoint(checkpoint), Path(checkpoint))
-    want = phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain")
+    want = phase_hash(cfg, phase)
     if state["phase"] != phase or state["config_hash"] != want:
         print(
             f"{checkpoint}: written for another config or phase "
@@ -759,7 +770,7 @@ def train_or_load(
         raise ValueError(f"phase must be 'pretrain', 'oracle' or 'adapt', got {phase!r}")
     path = checkpoint_path(cfg, phase, tag, out)
     epochs = cfg.adapt.epochs if phase == "adapt" else cfg.pretrain.epochs
-    want = phase_hash(cfg, "adapt" if phase == "adapt" else "pretrain")
+    want = phase_hash(cfg, phase)
     dev = make_runtime(cfg, device).device  # LOCAL_RANK's GPU under torchrun
     if path.exists():
         state = _check(utils.load_checkpoint(path), path)

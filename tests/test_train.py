@@ -30,6 +30,22 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_phase_hash_follows_the_synthetic_data(monkeypatch):
+    """Other synthetic knobs or another generator version never reuse a checkpoint; a phase
+    depends only on the domains it reads (pretraining: source; oracle: target)."""
+    cfg = C.get_preset("tutorial")
+    phases = ("pretrain", "oracle", "adapt")
+    before = {p: train.phase_hash(cfg, p) for p in phases}
+    assert len(set(before.values())) == 3
+    other = dataclasses.replace(pk.data.synth.TARGET, cast_strength=0.1)
+    monkeypatch.setitem(pk.data.synth.DOMAINS, "target", other)
+    after = {p: train.phase_hash(cfg, p) for p in phases}
+    assert after["pretrain"] == before["pretrain"]
+    assert after["oracle"] != before["oracle"] and after["adapt"] != before["adapt"]
+    monkeypatch.setattr(pk.data.synth, "GENERATOR_VERSION", 999)
+    assert all(train.phase_hash(cfg, p) != after[p] for p in phases)
+
+
 def test_pretrain_schedule_follows_paper():
     p = C.get_preset("paper_market").pretrain
     assert train.pretrain_lrs(p, 0) == {"new": 0.1, "backbone": 0.01, "stn": 0.0}
