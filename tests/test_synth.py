@@ -173,7 +173,7 @@ def test_cameras_fixed_per_id_and_neutral_on_average():
     np.testing.assert_allclose(np.exp(log_gain.mean()), 1.0, atol=0.05)
     spread = np.log(a.gain).std(0)
     assert np.all(spread > 0.05)  # but each camera has its own cast
-    strong = synth._cameras(dataclasses.replace(synth.TARGET, cast_strength=0.3))
+    strong = synth._cameras(dataclasses.replace(synth.TARGET, cast_strength=0.6))
     assert np.log(strong.gain).std() > np.log(a.gain).std()
 
 

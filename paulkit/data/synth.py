@@ -280,8 +280,11 @@ SOURCE = DomainKnobs(
 )
 
 # The unlabelled target (Market-1501's role): six cameras, summer clothing (short sleeves,
-# shorts, more colour), busier and darker street scenes, stronger casts, more side views,
-# detector boxes that are shifted and scaled, more occlusion, blur and compression.
+# shorts, more colour), busier street scenes, strong per-camera colour casts centred on
+# neutral, more side views, detector boxes that are shifted and scaled, more occlusion.
+# Its scenes' brightness, blur, noise and compression match the source's: a gap of global
+# image statistics is what AdaBN absorbs without learning anything, so the gap lies in what
+# needs invariance (casts, views, framing). docs/data.md "Tuning the gap" has the search.
 TARGET = DomainKnobs(
     num_cameras=6,
     colour_weights=_weights(
@@ -313,16 +316,16 @@ TARGET = DomainKnobs(
     box_scale=(0.74, 0.98),
     occlusion_prob=0.18,
     passer_prob=0.22,
-    cast_strength=0.14,
-    brightness=0.98,
+    cast_strength=0.3,
+    brightness=1.02,
     brightness_spread=0.18,
     saturation_spread=0.15,
-    bg_brightness=0.45,
-    bg_saturation=0.28,
+    bg_brightness=0.6,
+    bg_saturation=0.17,
     bg_clutter=16,
-    blur=0.6,
-    noise=0.025,
-    jpeg_quality=(70, 88),
+    blur=0.3,
+    noise=0.015,
+    jpeg_quality=(82, 94),
     camera_seed=2002,
 )
 
