@@ -274,6 +274,15 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"PAUL − AdaBN: {100 * (paul - adabn):+.1f} mAP** (means over seeds). "
             + attribution_verdict(e),
             "",
+            "Ablations against AdaBN: "
+            + "; ".join(
+                f"{LABELS[r].split(', ')[-1]} {100 * (e[r]['mAP'] - adabn):+.1f} mAP"
+                for r in ("pedal_only", "ipfl_only")
+                if r in e and e[r]
+            )
+            + ". How the synthetic target was chosen, and what else was tried: "
+            '`docs/data.md` ("Tuning the gap").',
+            "",
             "\\* The oracle row is the only one trained with target labels (the target's "
             "training split); every other row sees no target label. The histogram row is "
             f"the `{e['histogram'].get('descriptor', '?')}` descriptor (best of two).",
