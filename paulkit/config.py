@@ -189,15 +189,36 @@ def preset_from_env(name: str | None = None) -> Config:
     """The preset to run: ``name`` when given (e.g. a notebook's ``parameters`` cell), else
     the environment variable ``PAULKIT_PRESET``, else chosen by device.
 
-    Without a setting, a machine with a CUDA GPU gets ``synth_gpu`` and anything else
-    (CI, a laptop) the small CPU preset ``tutorial``.
+    Without a setting, a machine with a CUDA GPU gets ``paper_market`` when MSMT17 and
+    Market-1501 are both readable under :func:`data_root` (``PAULKIT_DATA``), else the larger
+    synthetic run ``synth_gpu``; anything else (CI, a laptop) gets the small CPU preset
+    ``tutorial``.
     """
     name = name or os.environ.get("PAULKIT_PRESET")
     if not name:
         import torch
 
-        name = "synth_gpu" if torch.cuda.is_available() else "tutorial"
+        if not torch.cuda.is_available():
+            name = "tutorial"
+        else:
+            name = "paper_market" if real_data_present("paper_market") else "synth_gpu"
     return get_preset(name)
+
+
+def real_data_present(preset: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether every real data set a preset reads is found under ``root`` (else
+    ``PAULKIT_DATA``, else ``<project>/data``); synthetic domains always count as present."""
+    from paulkit import data as D
+
+    cfg = get_preset(preset)
+    for name in (cfg.data.source, cfg.data.target):
+        if name == "synth":
+            continue
+        try:
+            D.load_dataset(name, root=data_root(root if root is not None else cfg.data.root))
+        except D.DatasetError:
+            return False
+    return True
 
 
 def _coerce(value: str, current: Any, key: str) -> Any:

@@ -33,7 +33,27 @@ def test_preset_from_env(monkeypatch):
     assert config.preset_from_env().name == "synth_small"
     assert config.preset_from_env("tutorial").name == "tutorial"  # an explicit name wins
     monkeypatch.delenv("PAULKIT_PRESET")
-    assert config.preset_from_env().name in ("tutorial", "synth_gpu")
+    assert config.preset_from_env().name in ("tutorial", "synth_gpu", "paper_market")
+
+
+def test_preset_from_device_and_data(monkeypatch, tmp_path):
+    """CPU: tutorial. GPU: synth_gpu, or paper_market when MSMT17 and Market-1501 are there."""
+    import torch
+    from test_datasets import make_market, make_msmt
+
+    monkeypatch.delenv("PAULKIT_PRESET", raising=False)
+    monkeypatch.setenv("PAULKIT_DATA", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config.preset_from_env().name == "tutorial"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.preset_from_env().name == "synth_gpu"
+    make_market(tmp_path / "Market-1501-v15.09.15")
+    assert not config.real_data_present("paper_market")  # MSMT17 is missing
+    assert config.preset_from_env().name == "synth_gpu"
+    make_msmt(tmp_path / "MSMT17_V1")
+    assert config.real_data_present("paper_market")
+    assert config.preset_from_env().name == "paper_market"
+    assert config.real_data_present("tutorial")  # synthetic only
 
 
 def test_override_and_roundtrip():
