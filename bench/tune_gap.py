@@ -110,7 +110,7 @@ def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> st
         loader = torch.utils.data.DataLoader(
             D.ImageDataset(train.target_train(cfg, target), tf), batch_size=64
         )
-        train.adapt_batchnorm(model, loader, rt.device)
+        train.adapt_batchnorm(model, loader, rt.device, progress=False)
         after = train.evaluate_model(model, target, cfg, rt, False)
         cells = [pct(hist["eval"][0]), pct(adabn), ", ".join(pct(e) for e in hist["eval"][1:])]
         cells.append(pct(after))
