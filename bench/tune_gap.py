@@ -1,6 +1,6 @@
 """The domain-gap search of issue 10: direct transfer, AdaBN and PAUL for one knob change.
 
-Run: ``.venv/bin/python bench/tune_gap.py v2 v2-margin0.5 v3`` (names from
+Run: ``.venv/bin/python bench/tune_gap.py v2-margin2 v2 v3`` (names from
 :data:`EXPERIMENTS`; ``--list`` prints them, ``--oracle`` adds the supervised-on-target row,
 ``--preset synth_small`` the larger data). Each experiment regenerates the target with its
 knobs into a temporary data root (or ``--synth DIR`` to keep it between runs), reuses one
