@@ -66,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="all baselines, ablations and PAUL over seeds -> docs/results.{md,json}"
     )
     _add_common(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="model seeds")
+    p.add_argument(
+        "--data-seeds",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="held-out synthetic data draws (data seed 0 is the tuning draw)",
+    )
     p.add_argument("--docs", default="docs", help="folder for results.md/results.json")
     for name in ("pretrain", "adapt", "evaluate", "reproduce"):
         sub.choices[name].add_argument(
@@ -132,7 +139,13 @@ def _run(args: argparse.Namespace) -> int:
 
         cmd = "python -m paulkit " + " ".join(args.argv)
         entry = reproduce.reproduce(
-            cfg, args.seeds, device=args.device, out=args.out, progress=progress, command=cmd
+            cfg,
+            args.seeds,
+            device=args.device,
+            out=args.out,
+            progress=progress,
+            command=cmd,
+            data_seeds=args.data_seeds,
         )
         if distributed.env_rank() == 0:  # under torchrun, rank 0 writes
             reproduce.write_results(entry, cfg.name, args.docs)

@@ -107,6 +107,15 @@ class AdaptConfig:
     ipfl_nearest: int = 3
     memory_momentum: float = 0.1
     eval_every: int = 10
+    # Faithful to the official code unless named here (docs/paper.md "Unsupervised training"):
+    # "train": the memory initialisation pass in train mode over the shuffled loader, as the
+    # official code runs it; "eval": the same pass in eval mode (source BatchNorm statistics).
+    memory_init: str = "train"
+    # The official loader keeps the last partial batch; True drops it.
+    drop_last: bool = False
+    # After adaptation, re-estimate BatchNorm on the clean target training images
+    # ("PAUL + AdaBN", not in the paper; its own row in docs/results.md).
+    final_adabn: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ def _paper(name: str, target: str, batch: int, scale: float) -> Config:
         model=ModelConfig(arch="resnet50", weights="imagenet"),
         pretrain=PretrainConfig(),
         adapt=AdaptConfig(batch_size=batch, pedal_scale=scale),
+        amp=False,  # the official code trains in fp32
     )
 
 

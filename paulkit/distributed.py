@@ -8,11 +8,11 @@ joins the process group (NCCL on CUDA with ``LOCAL_RANK``'s GPU, gloo on the CPU
 
 How PAUL stays exact (docs/scaling.md):
 
-- The preset's batch stays the *global* batch: each of the W ranks takes ``batch / W``
-  images (:func:`local_batch`) through a ``DistributedSampler`` (:class:`GlobalBatchSampler`,
-  ``set_epoch`` every epoch) that replays the one-process shuffle, so the ranks' batches of a
-  step together are exactly the images one process would have taken, and an epoch visits
-  every image once (:func:`train_loader`).
+- The preset's batch stays the *global* batch: each of the W ranks takes its block of
+  ``batch / W`` images (:func:`local_batch`, :func:`rank_blocks`) of every batch of the
+  one-process shuffle, which ``paulkit.train`` draws from the run's seed alone, so the ranks'
+  batches of a step together are exactly the images one process would have taken, and an
+  epoch visits every image once.
 - Every rank holds the whole patch memory (N, P, D) and image memory (N, E). At each step
   the batch's indices, first-view patch features and image-level features are all-gathered
   (:func:`all_gather_cat`) and every rank applies the same update in the same order, so the
@@ -21,11 +21,14 @@ How PAUL stays exact (docs/scaling.md):
   are the gathered centres of the whole global batch (``ipfl_loss(..., owner_offset=)``).
   Gradients flow through each rank's own views only and DDP averages them, which is the
   gradient of the one-process loss (both losses are means over equal shares).
-- The memory initialisation pass and feature extraction for evaluation are sharded over the
-  ranks and gathered (:func:`map_shards`); rank 0 evaluates and sends the result to all.
+- The memory initialisation pass runs over the global batches like an epoch (features
+  gathered); feature extraction for evaluation is sharded over the ranks and gathered
+  (:func:`map_shards`); rank 0 evaluates and sends the result to all.
+- Each image's augmentation is drawn from (seed, epoch, image) alone, so a rank draws for
+  its images exactly what one process would.
 
 Not equivalent to one process: BatchNorm's batch statistics (per rank unless
-``Config.sync_bn``), and the random augmentations (each rank draws its own stream).
+``Config.sync_bn``).
 
 Taught in: notebooks/06_gpu_training.ipynb.
 """
@@ -40,7 +43,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -50,13 +53,11 @@ __all__ = [
     "env_rank",
     "quiet_other_ranks",
     "local_batch",
-    "GlobalBatchSampler",
-    "train_loader",
+    "rank_blocks",
     "shard_bounds",
     "all_gather_cat",
     "all_gather_uneven",
     "map_shards",
-    "fill_memories",
     "evaluate_sharded",
     "wrap",
     "average_stats",
@@ -191,79 +192,21 @@ def local_batch(batch_size: int, world_size: int, name: str = "batch_size") -> i
     return batch_size // world_size
 
 
-class GlobalBatchSampler(DistributedSampler):
-    """A ``DistributedSampler`` whose ranks split the one-process loader's batches.
+def rank_blocks(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """Rank ``rank``'s block of each global batch of the one-process loader.
 
-    For epoch e (``set_epoch``) it replays the one-process shuffle, a
-    ``DataLoader(shuffle=True, drop_last=True, generator=manual_seed(seed + e))`` over the
-    indices (cheap: integers only, and exactly what :mod:`paulkit.train` draws for one
-    process, whatever torch's loader does with its generator), and yields rank r's block of
-    ``batch_size / world_size`` indices from each of its batches. So step k's images over all
-    ranks are the one-process batch k, every image is visited at most once an epoch, and the
-    incomplete last batch is dropped as one process drops it.
-
-    Args:
-        dataset: the training set (only its length is read).
-        batch_size: the *global* batch (the preset's).
-        num_replicas, rank: the number of processes and this one.
-        seed: base seed; epoch e uses ``seed + e``.
+    Step k's images over all ranks are the one-process batch k (``paulkit.train`` draws the
+    batches from the run's seed alone), so every image is visited at most once an epoch. A
+    last partial batch of r images keeps its first ``world_size * (r // world_size)`` (every
+    rank takes the same number of images, as DDP's gradient average assumes); with
+    ``r < world_size`` it is left out.
     """
-
-    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int):
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
-        self.batch_size = batch_size
-        self.local = local_batch(batch_size, num_replicas)
-        steps = len(dataset) // batch_size
-        self.num_samples, self.total_size = steps * self.local, steps * batch_size
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = DataLoader(
-            range(len(self.dataset)), self.batch_size, shuffle=True, drop_last=True, generator=g
-        )
-        lo = self.rank * self.local
-        for batch in order:
-            yield from batch[lo : lo + self.local].tolist()
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def train_loader(
-    dataset,
-    batch_size: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    epoch: int,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """This rank's shuffled loader for one epoch: ``batch_size / world_size`` images a step,
-    from a :class:`GlobalBatchSampler` with ``set_epoch(epoch)``.
-
-    Args:
-        dataset: the training set.
-        batch_size: the *global* batch (the preset's).
-        rank, world_size: this process and the number of processes.
-        seed: the sampler's base seed (``paulkit.train`` passes ``cfg.seed * 100_003``, so
-            that epoch e shuffles as its one-process ``_generator(cfg.seed, e)`` does).
-        epoch: 0-based epoch.
-        num_workers, pin_memory: passed to the DataLoader.
-    """
-    sampler = GlobalBatchSampler(dataset, batch_size, world_size, rank, seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_size=sampler.local,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
+    out = []
+    for batch in batches:
+        local = len(batch) // world_size
+        if local:
+            out.append(batch[rank * local : (rank + 1) * local])
+    return out
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -370,34 +313,6 @@ def map_shards(
         for col, t in zip(cols, out):
             col.append(t.to(rt.device))
     return [all_gather_uneven(torch.cat(col)) for col in cols]
-
-
-@torch.no_grad()
-def fill_memories(
-    model: nn.Module,
-    dataset,
-    patch_memory,
-    image_memory,
-    rt: Any,
-    batch_size: int,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> None:
-    """The memory initialisation pass, sharded: each rank runs the model (in the mode the
-    caller set) on its block's first views; every rank then fills all N slots."""
-
-    def first_view(batch):
-        views, index = batch
-        with rt.autocast():
-            out = model(rt.to_device(views[:, 0]))
-        return index, out.patch_feats.float(), out.embedding.float()
-
-    broadcast_buffers(model)
-    index, feats, emb = map_shards(
-        first_view, dataset, batch_size, rt, num_workers, progress, "memory init"
-    )
-    patch_memory.update(index, feats)
-    image_memory.update(index, emb, num=1)
 
 
 def evaluate_sharded(

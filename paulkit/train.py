@@ -37,6 +37,11 @@ __all__ = [
     "pretrain_epoch",
     "pretrain",
     "adapt_batchnorm",
+    "clean_target_loader",
+    "epoch_batches",
+    "seed_key",
+    "SeededSamples",
+    "MEMORY_INITS",
     "init_memories",
     "adapt_epoch",
     "adaptation_model",
@@ -176,32 +181,86 @@ def build_model(
     )
 
 
-def _generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+# Random streams: every draw of a run comes from a seed made of (cfg.seed, stream, epoch, ...)
+# alone, never from a generator that something else may have advanced (a progress bar
+# iterating the loader, the number of DataLoader workers or threads, a resume).
+_SHUFFLE, _AUGMENT = 0, 1
+INIT_EPOCH = -1  # the epoch slot of the memory initialisation pass (its own shuffle)
 
 
-def _loader(dataset, batch_size: int, rt: Runtime, cfg: C.Config, shuffle: bool, epoch: int = 0):
-    if shuffle and rt.world_size > 1:  # this rank's share of each global batch (same images)
-        seed, workers = cfg.seed * 100_003, cfg.data.num_workers  # as _generator(seed, epoch)
-        return ddp.train_loader(
-            dataset, batch_size, rt.rank, rt.world_size, seed, epoch, workers, rt.pin_memory
-        )
+def seed_key(*parts: int) -> int:
+    """A 64-bit seed determined by ``parts`` alone (``numpy.random.SeedSequence``)."""
+    entropy = [int(p) + 2**31 for p in parts]  # SeedSequence wants non-negative integers
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, drop_last: bool
+) -> list[list[int]]:
+    """The shuffled batches of one epoch: a permutation drawn from ``(seed, epoch)`` alone.
+
+    The last batch keeps the ``n % batch_size`` remaining images unless ``drop_last``.
+    """
+    g = torch.Generator().manual_seed(seed_key(seed, _SHUFFLE, epoch))
+    order = torch.randperm(n, generator=g).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """A dataset whose item ``i`` in epoch ``epoch`` draws its random augmentation from
+    ``(seed, epoch, i)`` alone: Python's, NumPy's and torch's CPU generators are seeded before
+    each item. So the views do not depend on the worker that loads an item, on the number of
+    workers, on the process (torchrun) or on what ran before."""
+
+    def __init__(self, dataset, seed: int, epoch: int = 0) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        s = seed_key(self.seed, _AUGMENT, self.epoch, index)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.random.default_generator.manual_seed(s)
+        return self.dataset[index]
+
+
+def _train_loader(
+    dataset, batch_size: int, rt: Runtime, cfg: C.Config, epoch: int, drop_last: bool
+) -> DataLoader:
+    """The shuffled loader of one epoch (or of :data:`INIT_EPOCH`); under torchrun, this
+    rank's block of every global batch (:func:`paulkit.distributed.rank_blocks`)."""
+    batches = epoch_batches(len(dataset), batch_size, cfg.seed, epoch, drop_last)
+    if rt.world_size > 1:
+        batches = ddp.rank_blocks(batches, rt.rank, rt.world_size)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle,
+        SeededSamples(dataset, cfg.seed, epoch),
+        batch_sampler=batches,
         num_workers=cfg.data.num_workers,
         pin_memory=rt.pin_memory,
-        generator=_generator(cfg.seed, epoch),
+        generator=torch.Generator().manual_seed(0),  # never the global generator
         persistent_workers=False,
     )
 
 
-def _seed_epoch(cfg: C.Config, epoch: int, rank: int = 0) -> None:
-    # The augmentation randomness of an epoch depends only on (seed, epoch): a resumed run
-    # repeats exactly what an uninterrupted one would have done.
-    s = cfg.seed * 100_003 + epoch + 1_000_003 * rank  # each rank its own augmentations
+def _eval_loader(dataset, batch_size: int, rt: Runtime, cfg: C.Config) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        pin_memory=rt.pin_memory,
+    )
+
+
+def _seed_epoch(cfg: C.Config, epoch: int) -> None:
+    # Anything outside the loaders that draws from the global generators (nothing in
+    # paulkit's losses today) depends only on (seed, epoch), the same on every rank.
+    s = seed_key(cfg.seed, 2, epoch)
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -344,10 +403,10 @@ def pretrain(
     for epoch in range(start, p.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        _seed_epoch(cfg, epoch, rt.rank)
+        _seed_epoch(cfg, epoch)
         lrs = pretrain_lrs(p, epoch)
         _set_lrs(optimizer, lrs)
-        loader = _loader(dataset, p.batch_size, rt, cfg, shuffle=True, epoch=epoch)
+        loader = _train_loader(dataset, p.batch_size, rt, cfg, epoch, drop_last=True)
         stats = pretrain_epoch(
             net, loader, optimizer, rt, p, progress, desc=f"{phase} {epoch + 1}/{p.epochs}"
         )
@@ -366,63 +425,121 @@ def pretrain(
 # --------------------------------------------------------------------------- AdaBN
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (the rest is not needed)."""
+
+
 @torch.no_grad()
 def adapt_batchnorm(
     model: nn.Module,
     loader: DataLoader,
     device: str | torch.device | None = None,
     progress: bool = True,
+    exact: bool = True,
 ) -> nn.Module:
     """AdaBN: re-estimate every BatchNorm's running statistics on ``loader``.
 
-    One pass without gradients and without labels (only the images of each batch are used);
-    no parameter and no other buffer changes. Each layer's running mean and running variance
-    become the exact mean and unbiased variance of its inputs over *all* images seen (every
-    batch weighted by its size), the layers being run in train mode as in training.
+    No gradients and no labels (only the images of each batch are used); no parameter and
+    no other buffer changes. Each layer's running mean and running variance become the exact
+    mean and unbiased variance of its inputs over *all* images (float64 sums, every image
+    weighted alike).
+
+    ``exact=True`` (the default) estimates the layers one at a time in the order the forward
+    pass runs them, with the network in eval mode and every earlier layer already holding
+    its new statistics (the pass stops at the layer being estimated): each layer then sees
+    exactly the inputs it will see at test time, and the result does not depend on how the
+    images are ordered or batched. It costs about half a forward pass over the data per
+    BatchNorm layer. ``exact=False`` is the usual one-pass form: one train-mode pass in which
+    the layers normalise with each batch's own statistics, so deeper layers' inputs (and
+    the result) depend on which images share a batch.
 
     Args:
         model: any module; its BatchNorm layers are updated in place.
         loader: batches whose first element is images (B, C, H, W) or views (B, num, C, H, W).
         device: where to run (default: the model's device).
         progress: show a progress bar.
+        exact: layer by layer (order-free) or one train-mode pass.
 
     Taught in: notebooks/06_gpu_training.ipynb.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    sums: dict[nn.Module, list] = {m: [0, 0.0, 0.0] for m in bns}
+    if not bns:
+        return model
     tracked = {m: m.num_batches_tracked.clone() for m in bns if m.num_batches_tracked is not None}
 
-    def hook(module, inputs):
-        x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N*H*W)
-        acc = sums[module]
-        acc[0] += x.shape[1]
-        acc[1] = acc[1] + x.sum(1)
-        acc[2] = acc[2] + (x * x).sum(1)
+    def images(batch):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return (x.flatten(0, 1) if x.dim() == 5 else x).to(dev)
 
-    handles = [m.register_forward_pre_hook(hook) for m in bns]
+    def run(layers: list[nn.Module], stop: nn.Module | None, train_mode: bool, desc: str) -> None:
+        sums = {m: [0, 0.0, 0.0] for m in layers}
+
+        def hook(module, inputs):
+            x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N*H*W)
+            acc = sums[module]
+            acc[0] += x.shape[1]
+            acc[1] = acc[1] + x.sum(1)
+            acc[2] = acc[2] + (x * x).sum(1)
+            if module is stop:
+                raise _Stop
+
+        handles = [m.register_forward_pre_hook(hook) for m in layers]
+        try:
+            model.train(train_mode)
+            for batch in _progress(loader, progress, desc):
+                try:
+                    model(images(batch))
+                except _Stop:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        for m, (n, s1, s2) in sums.items():
+            if n < 2:
+                raise ValueError(
+                    "AdaBN needs at least two values per channel; the loader was empty"
+                )
+            mean = s1 / n
+            var = (s2 - n * mean * mean) / (n - 1)
+            m.running_mean.copy_(mean.to(m.running_mean.dtype))
+            m.running_var.copy_(var.clamp_min(0).to(m.running_var.dtype))
+            if m in tracked:
+                m.num_batches_tracked.copy_(tracked[m])
+
+    if not exact:
+        run(bns, None, train_mode=True, desc="AdaBN")
+        return model
+    # The order the forward pass calls the layers in, read from one eval-mode batch.
+    order: list[nn.Module] = []
+    handles = [
+        m.register_forward_pre_hook(lambda mod, _: order.append(mod) if mod not in order else None)
+        for m in bns
+    ]
     try:
-        model.train()
-        for batch in _progress(loader, progress, "AdaBN"):
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            if x.dim() == 5:
-                x = x.flatten(0, 1)
-            model(x.to(dev))
+        model.eval()
+        first = next(iter(loader), None)
+        if first is None:
+            raise ValueError("AdaBN needs at least two values per channel; the loader was empty")
+        model(images(first))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    for m, (n, s1, s2) in sums.items():
-        if n < 2:
-            raise ValueError("AdaBN needs at least two values per channel; the loader was empty")
-        mean = s1 / n
-        var = (s2 - n * mean * mean) / (n - 1)
-        m.running_mean.copy_(mean.to(m.running_mean.dtype))
-        m.running_var.copy_(var.clamp_min(0).to(m.running_var.dtype))
-        if m in tracked:
-            m.num_batches_tracked.copy_(tracked[m])
+    for i, layer in enumerate(order):  # a layer the forward never calls keeps its statistics
+        run([layer], layer, train_mode=False, desc=f"AdaBN {i + 1}/{len(order)}")
     return model
+
+
+def clean_target_loader(cfg: C.Config, rt: Runtime | None = None) -> DataLoader:
+    """The target's training images with the test transform (no augmentation, no labels
+    used), in file order: what AdaBN re-estimates the BatchNorm statistics on."""
+    rt = rt or make_runtime(cfg)
+    tf = D.transforms.test_transform(cfg.data.height, cfg.data.width)
+    records = target_train(cfg, target_dataset(cfg))
+    return _eval_loader(D.ImageDataset(records, tf), 2 * cfg.adapt.batch_size, rt, cfg)
 
 
 # --------------------------------------------------------------------------- adaptation
@@ -436,6 +553,9 @@ def _adapt_optimizer(model: nn.Module, a: C.AdaptConfig) -> torch.optim.Optimize
     return torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
 
 
+MEMORY_INITS = ("train", "eval")
+
+
 @torch.no_grad()
 def init_memories(
     model: nn.Module,
@@ -444,30 +564,43 @@ def init_memories(
     cfg: C.Config,
     progress: bool = True,
 ) -> tuple[memory.PatchMemory, memory.ImageMemory]:
-    """Fill the patch memory and the image memory with one no-grad pass (eval mode).
+    """The memory initialisation pass before the first epoch (docs/paper.md "Unsupervised
+    training"): fill the patch memory; leave the image memory empty.
 
-    Each image is seen through its first view (the plain image); the image memory's centre
-    of image i starts as its first view's image-level feature.
+    As the official code runs it (``cfg.adapt.memory_init="train"``, the default): one
+    no-grad pass in **train mode** over the shuffled training loader with every view of each
+    image (its own shuffle, :data:`INIT_EPOCH`), the patch memory filled from the first
+    views. Train mode means the BatchNorm layers normalise with each batch's statistics and
+    their running statistics move towards the target's, as in the official pass.
+    ``memory_init="eval"`` runs the same pass in eval mode instead (the source model's
+    BatchNorm statistics; running statistics unchanged): a named deviation, reported as an
+    ablation in docs/results.md.
+
+    The image memory starts with no centre: each centre is created on the image's first
+    visit during training as the mean of its views (so its first IPFL pull is zero).
+    Under torchrun each rank runs its block of every global batch and the features are
+    gathered, so every rank fills the same slots; rank 0's BatchNorm statistics are then
+    broadcast.
     """
-    m = cfg.model
-    pm = memory.PatchMemory(len(dataset), m.num_patches, m.patch_dim, cfg.adapt.memory_momentum)
-    im = memory.ImageMemory(len(dataset), m.num_patches * m.embed_dim, cfg.adapt.memory_momentum)
+    m, a = cfg.model, cfg.adapt
+    if a.memory_init not in MEMORY_INITS:
+        raise ValueError(
+            f"adapt.memory_init={a.memory_init!r}: choose 'train' (the official pass) or 'eval'"
+        )
+    pm = memory.PatchMemory(len(dataset), m.num_patches, m.patch_dim, a.memory_momentum)
+    im = memory.ImageMemory(len(dataset), m.num_patches * m.embed_dim, a.memory_momentum)
     pm, im = pm.to(rt.device), im.to(rt.device)
     was_training = model.training
-    model.eval()
-    if rt.world_size > 1:  # each rank runs a shard; every rank then fills all slots alike
-        w = cfg.data.num_workers
-        ddp.fill_memories(model, dataset, pm, im, rt, 2 * cfg.adapt.batch_size, w, progress)
-        model.train(was_training)
-        return pm, im
-    loader = _loader(dataset, 2 * cfg.adapt.batch_size, rt, cfg, shuffle=False)
+    model.train(a.memory_init == "train")
+    loader = _train_loader(dataset, a.batch_size, rt, cfg, INIT_EPOCH, drop_last=False)
     for views, index in _progress(loader, progress, "memory init"):
-        x = rt.to_device(views[:, 0])
+        b, num = views.shape[:2]
+        x = rt.to_device(views.flatten(0, 1))  # image-major, as in training
         with rt.autocast():
             out = model(x)
-        index = index.to(rt.device)
-        pm.update(rt.gather(index), rt.gather(out.patch_feats.float()))
-        im.update(rt.gather(index), rt.gather(out.embedding.float()), num=1)
+        first = out.patch_feats.float().view(b, num, *out.patch_feats.shape[1:])[:, 0]
+        pm.update(rt.gather(index.to(rt.device)), rt.gather(first))
+    ddp.broadcast_buffers(model)
     model.train(was_training)
     return pm, im
 
@@ -605,16 +738,18 @@ def adapt(
     for epoch in range(start, a.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        _seed_epoch(cfg, epoch, rt.rank)
+        _seed_epoch(cfg, epoch)
         lr = a.lr * (0.1 if epoch >= a.lr_step else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loader = _loader(train_set, a.batch_size, rt, cfg, shuffle=True, epoch=epoch)
+        loader = _train_loader(train_set, a.batch_size, rt, cfg, epoch, a.drop_last)
         stats = adapt_epoch(
             net, loader, optimizer, pm, im, rt, a, progress, f"adapt {epoch + 1}/{a.epochs}"
         )
         stats = ddp.average_stats(stats, rt)
         ddp.broadcast_buffers(model)  # rank 0's BatchNorm statistics on every rank
+        if a.final_adabn and epoch + 1 == a.epochs:  # "PAUL + AdaBN" (not in the paper)
+            adapt_batchnorm(model, clean_target_loader(cfg, rt), rt.device, progress)
         history["epoch"].append(epoch + 1)
         history["lr"].append(lr)
         for k in ("loss", "pedal", "ipfl", "images_per_s"):
@@ -647,8 +782,8 @@ def evaluate_model(
         qs, gs = D.ImageDataset(target.query, tf), D.ImageDataset(target.gallery, tf)
         w = cfg.data.num_workers
         return ddp.evaluate_sharded(model, qs, gs, rt, 128, w, progress and rt.rank == 0)
-    q = _loader(D.ImageDataset(target.query, tf), 128, rt, cfg, shuffle=False)
-    g = _loader(D.ImageDataset(target.gallery, tf), 128, rt, cfg, shuffle=False)
+    q = _eval_loader(D.ImageDataset(target.query, tf), 128, rt, cfg)
+    g = _eval_loader(D.ImageDataset(target.gallery, tf), 128, rt, cfg)
     qf, q_pids, q_camids, _ = evaluation.extract_features(model, q, rt.device, progress=progress)
     gf, g_pids, g_camids, _ = evaluation.extract_features(model, g, rt.device, progress=progress)
     res = evaluation.evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
@@ -726,7 +861,10 @@ def checkpoint_path(
     """Where :func:`train_or_load` keeps a phase's checkpoint for this preset and seed."""
     root = Path(out) if out is not None else C.output_root()
     suffix = f"-{tag}" if tag else ""
-    return root / cfg.name / f"seed{cfg.seed}" / f"{phase}{suffix}.pt"
+    run = f"seed{cfg.seed}"
+    if cfg.data.synth_seed and "synth" in (cfg.data.source, cfg.data.target):
+        run = f"data{cfg.data.synth_seed}-{run}"  # a held-out synthetic draw
+    return root / cfg.name / run / f"{phase}{suffix}.pt"
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

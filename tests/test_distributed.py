@@ -290,22 +290,36 @@ def test_ipfl_owner_offset_rejects_bad_positions(rows, offset):
         losses.ipfl_loss(views, centers, num=2, owner_offset=offset)
 
 
-def test_rank_loaders_share_each_global_batch_of_one_process():
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_rank_loaders_share_each_global_batch_of_one_process(drop_last):
     cfg = tiny_cfg()
     data = list(range(53))  # an item is its own index
     cpu = torch.device("cpu")
     for epoch in (0, 3):
-        one = [b.tolist() for b in train._loader(data, 8, train.Runtime(cpu), cfg, True, epoch)]
+        one = train._train_loader(data, 8, train.Runtime(cpu), cfg, epoch, drop_last)
+        one = [b.tolist() for b in one]
         per_rank = [
-            [b.tolist() for b in train._loader(data, 8, rt, cfg, True, epoch)]
+            [b.tolist() for b in train._train_loader(data, 8, rt, cfg, epoch, drop_last)]
             for rt in (train.Runtime(cpu, rank=r, world_size=WORLD) for r in range(WORLD))
         ]
-        assert all(len(p) == len(one) == 53 // 8 for p in per_rank)
+        assert len(one) == (53 // 8 if drop_last else 53 // 8 + 1)
+        assert all(len(p) == len(one) for p in per_rank)
         for k, batch in enumerate(one):
             together = per_rank[0][k] + per_rank[1][k]
-            assert sorted(together) == sorted(batch), (epoch, k)
+            assert len(per_rank[0][k]) == len(per_rank[1][k])  # equal shares for DDP
+            # a last batch of 5 gives each rank 2 of its images (the fifth is left out)
+            assert together == batch[: len(together)] and len(batch) - len(together) < WORLD
         seen = [i for p in per_rank for b in p for i in b]
-        assert len(seen) == len(set(seen)) == 48  # every image at most once a epoch
+        assert len(seen) == len(set(seen)) == (48 if drop_last else 52)
+
+
+def test_epoch_order_depends_on_seed_and_epoch_alone():
+    a = train.epoch_batches(50, 8, seed=3, epoch=2, drop_last=False)
+    torch.rand(100)  # the global generator moves: the order must not
+    assert a == train.epoch_batches(50, 8, seed=3, epoch=2, drop_last=False)
+    assert a != train.epoch_batches(50, 8, seed=3, epoch=1, drop_last=False)
+    assert a != train.epoch_batches(50, 8, seed=4, epoch=2, drop_last=False)
+    assert sorted(i for b in a for i in b) == list(range(50)) and len(a[-1]) == 2
 
 
 def test_shard_bounds_cover_everything_in_order():

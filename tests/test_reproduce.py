@@ -28,29 +28,44 @@ def metrics(m: float) -> dict[str, float]:
 
 
 def fake_rows(cfg, rows=None, device=None, out=None, progress=False):
-    maps = FAKE_MAP[cfg.seed] | {"paul": PAUL[cfg.seed], "oracle": 0.65}
-    return {row: metrics(m) for row, m in maps.items()}
+    # model seeds 0, 1, 2 of the old fixture become runs (data seed 1, seed 0/1), (2, 0)
+    k = {(1, 0): 0, (1, 1): 1, (2, 0): 2, (2, 1): 1}[(cfg.data.synth_seed, cfg.seed)]
+    maps = FAKE_MAP[k] | {"paul": PAUL[k], "oracle": 0.65}
+    maps |= {"paul_eval_init": PAUL[k] - 0.01, "paul_adabn": PAUL[k] + 0.01}
+    res = {row: metrics(m) for row, m in maps.items()}
+    if "histogram" in (rows or []):
+        res["histogram"] = metrics(0.02 * cfg.data.synth_seed) | {"descriptor": "stripes"}
+    return res
 
 
 @pytest.fixture
 def entry(monkeypatch):
     monkeypatch.setattr(reproduce, "evaluate_rows", fake_rows)
-    hist = metrics(0.02) | {"descriptor": "stripes"}
-    monkeypatch.setattr(reproduce, "histogram_row", lambda cfg: hist)
-    return reproduce.reproduce("tutorial", seeds=[0, 1, 2], device="cpu", command="cmd")
+    return reproduce.reproduce(
+        "tutorial", seeds=[0, 1], device="cpu", command="cmd", data_seeds=[1, 2]
+    )
 
 
-def test_entry_has_every_row_as_mean_and_std_over_seeds(entry):
-    for row in ("direct_transfer", "adabn", "pedal_only", "ipfl_only", "paul", "oracle"):
-        assert set(reproduce.METRICS) <= set(entry[row])
+RUNS = {"data1-seed0": 0, "data1-seed1": 1, "data2-seed0": 2, "data2-seed1": 1}
+
+
+def test_entry_has_every_row_as_mean_and_std_over_all_runs(entry):
+    for row in reproduce.ROWS:
+        assert set(reproduce.METRICS) <= set(entry[row]), row
         assert all(0.0 <= entry[row][m] <= 1.0 for m in reproduce.METRICS)
-    vals = [PAUL[s] for s in (0, 1, 2)]
+    vals = [PAUL[k] for k in RUNS.values()]
     assert entry["paul"]["mAP"] == pytest.approx(statistics.fmean(vals))
     assert entry["paul"]["mAP_std"] == pytest.approx(statistics.stdev(vals))
-    assert entry["seeds"] == [0, 1, 2] and entry["seed"] == 0
-    assert set(entry["per_seed"]) == {"0", "1", "2"}
-    assert entry["per_seed"]["1"]["adabn"]["mAP"] == 0.30
-    assert entry["histogram"]["mAP"] == 0.02 and entry["command"] == "cmd"
+    assert entry["seeds"] == [0, 1] and entry["data_seeds"] == [1, 2] and entry["seed"] == 0
+    assert set(entry["per_seed"]) == set(RUNS)
+    assert entry["per_seed"]["data1-seed1"]["adabn"]["mAP"] == 0.30
+    # one histogram per data draw, shared by its model seeds
+    assert entry["histogram"]["mAP"] == pytest.approx(0.03) and entry["command"] == "cmd"
+    assert entry["per_seed"]["data2-seed1"]["histogram"]["mAP"] == 0.04
+    # the spread between draws is the std of the per-draw means
+    d1, d2 = statistics.fmean([0.34, 0.36]), statistics.fmean([0.32, 0.36])
+    assert entry["per_data_seed"]["1"]["paul"] == pytest.approx(d1)
+    assert entry["data_spread"]["paul"] == pytest.approx(statistics.stdev([d1, d2]))
     assert entry["config_hash"] == C.config_hash(C.get_preset("tutorial"))
 
 
@@ -59,27 +74,29 @@ def test_write_results_merges_presets_and_states_the_attribution(entry, tmp_path
     reproduce.write_results(entry, "synth_small", tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     assert set(data) == {"tutorial", "synth_small"}
-    assert data["tutorial"]["per_seed"]["2"]["paul"]["mAP"] == 0.32
+    assert data["tutorial"]["per_seed"]["data2-seed0"]["paul"]["mAP"] == 0.32
     md = (tmp_path / "results.md").read_text()
     assert "## `tutorial`" in md and "## `synth_small`" in md
     for label in reproduce.LABELS.values():
         assert label in md
-    # the headline compares PAUL with AdaBN as well as with direct transfer
-    assert "PAUL − direct transfer: +16.0 mAP" in md
-    assert "PAUL − AdaBN: +6.0 mAP" in md
-    assert "PAUL − AdaBN ≥ +5 mAP: met" in md and "oracle above PAUL: met" in md
+    # the headline: PAUL against AdaBN on held-out draws, paired by run
+    assert "PAUL beats AdaBN on held-out data draws [1, 2]: +6.0 ± 0.0 mAP" in md
+    assert "better in 4 of 4 runs" in md
+    assert "tuning draw" in md and "| spread |" in md
     assert "The paper's numbers (not measured here)" in md
     (tmp_path / "results.md").unlink()
     reproduce.render_results(tmp_path)
     assert (tmp_path / "results.md").read_text() == md
 
 
-def test_attribution_verdict_says_not_met_when_adabn_is_close():
-    e = {"paul": {"mAP": 0.33}, "adabn": {"mAP": 0.30}, "direct_transfer": {"mAP": 0.12}}
-    text = reproduce.attribution_verdict(e)
-    assert "PAUL − AdaBN ≥ +5 mAP: not met" in text
-    assert "direct transfer ≥ 15 mAP: not met" in text
-    assert "oracle" not in text
+def test_attribution_verdict_says_so_when_adabn_wins():
+    runs = {
+        "a": {"paul": {"mAP": 0.33}, "adabn": {"mAP": 0.30}, "direct_transfer": {"mAP": 0.1}},
+        "b": {"paul": {"mAP": 0.28}, "adabn": {"mAP": 0.32}, "direct_transfer": {"mAP": 0.1}},
+    }
+    text = reproduce.attribution_verdict({"per_seed": runs, "data_seeds": [1]})
+    assert text.startswith("PAUL does not beat AdaBN on held-out data draws [1]: -0.5")
+    assert "better in 1 of 2 runs" in text
 
 
 def test_evaluate_rows_direct_transfer_and_adabn_for_real(tmp_path):

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import pytest
@@ -161,3 +162,133 @@ def test_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):
 def test_unknown_phase():
     with pytest.raises(ValueError, match="phase"):
         train.train_or_load(tiny_cfg(), "finetune")
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+def _small_adapt_setup(cfg):
+    torch.manual_seed(0)
+    pre = train.build_model(cfg, num_classes=10, pretrain=True).state_dict()
+    model = train.adaptation_model(pre, cfg)
+    rt = train.make_runtime(cfg, "cpu")
+    target = train.target_dataset(cfg)
+    views = pk.data.MultiViewDataset(
+        train.target_train(cfg, target),
+        pk.data.transforms.train_transform(cfg.data.height, cfg.data.width),
+        pk.data.transforms.pseudo_pair_transform(cfg.data.height, cfg.data.width),
+        num=cfg.adapt.num_views,
+    )
+    return pre, model, rt, views
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_memory_init_fills_patches_as_a_pass_of_that_mode_and_leaves_centres_empty(mode):
+    """The official initialisation: a no-grad pass over the shuffled loader with both views,
+    in train mode (BatchNorm statistics move) or, as the named option, eval mode; the patch
+    memory holds each image's first-view features; the image memory holds no centre."""
+    cfg = C.override(tiny_cfg(), f"adapt.memory_init={mode}")
+    _, model, rt, views = _small_adapt_setup(cfg)
+    ref = train.adaptation_model(model.state_dict(), cfg)
+    ref.load_state_dict(model.state_dict())
+    pm, im = train.init_memories(model, views, rt, cfg, progress=False)
+    assert not im.seen.any() and not im.centers.any()  # centres are created on first visit
+    assert pm.seen.all()
+    # by hand: the same batches in the same order through a copy in the same mode
+    ref.train(mode == "train")
+    loader = train._train_loader(views, cfg.adapt.batch_size, rt, cfg, train.INIT_EPOCH, False)
+    bank = torch.zeros_like(pm.bank)
+    with torch.no_grad():
+        for v, index in loader:
+            out = ref(v.flatten(0, 1))
+            bank[index] = out.patch_feats.view(v.shape[0], v.shape[1], 6, -1)[:, 0]
+    torch.testing.assert_close(pm.bank, bank)
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    bn_ref = [m for m in ref.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean)  # same mode, same pass
+    fresh = train.adaptation_model(_small_adapt_setup(cfg)[0], cfg)  # untouched BN statistics
+    bn0 = [m for m in fresh.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    moved = not torch.equal(bn.running_mean, bn0.running_mean)
+    assert moved == (mode == "train")
+
+
+def test_first_visit_centre_is_the_mean_of_the_views():
+    im = pk.memory.ImageMemory(4, dim=3)
+    emb = torch.randn(4, 3)  # two images x two views
+    centres = im.update(torch.tensor([2, 0]), emb, num=2)
+    torch.testing.assert_close(centres, emb.view(2, 2, 3).mean(1))
+    loss = pk.losses.ipfl_loss(emb, centres, 2, margin=2.0)  # views equal their centre's pull
+    assert torch.isfinite(loss)
+
+
+def test_unknown_memory_init_is_a_clear_error():
+    cfg = C.override(tiny_cfg(), "adapt.memory_init=warm")
+    _, model, rt, views = _small_adapt_setup(cfg)
+    with pytest.raises(ValueError, match="memory_init='warm'"):
+        train.init_memories(model, views, rt, cfg, progress=False)
+
+
+def test_same_seed_same_model_whatever_is_displayed_and_however_many_workers(tmp_path):
+    """A run is a function of its config and seed: progress bars, DataLoader workers and
+    whatever drew from the global generators before it change nothing."""
+    cfg = C.override(tiny_cfg(), "pretrain.epochs=1", "adapt.epochs=1", "adapt.eval_every=1")
+    pre_a, _ = train.pretrain(cfg, "cpu", tmp_path / "pa.pt", progress=True)
+    torch.rand(10)  # move the global generator
+    pre_b, _ = train.pretrain(cfg, "cpu", tmp_path / "pb.pt", progress=False)
+    assert same_weights(pre_a, pre_b)
+    a, ha = train.adapt(cfg, pre_a, "cpu", tmp_path / "a.pt", progress=True)
+    workers = C.override(cfg, "data.num_workers=2")
+    b, hb = train.adapt(workers, pre_a, "cpu", tmp_path / "b.pt", progress=False)
+    assert same_weights(a, b)
+    assert torch.equal(a.patch_memory.bank, b.patch_memory.bank)
+    assert ha["loss"] == hb["loss"] and ha["eval"] == hb["eval"]
+    ca, cb = (train.utils.load_checkpoint(tmp_path / f) for f in ("a.pt", "b.pt"))
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+
+
+def test_adaptation_keeps_the_last_partial_batch_unless_told():
+    cfg = tiny_cfg()  # 96 images would divide: use 90
+    n = 90
+    keep = train.epoch_batches(n, cfg.adapt.batch_size, 0, 0, cfg.adapt.drop_last)
+    assert not cfg.adapt.drop_last and sum(map(len, keep)) == n  # the official default
+    drop = train.epoch_batches(n, cfg.adapt.batch_size, 0, 0, True)
+    assert sum(map(len, drop)) == 80
+
+
+def test_exact_adabn_does_not_depend_on_image_order_or_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5)
+    )
+    x = torch.randn(24, 3, 8, 8) * torch.linspace(0.5, 2, 24).view(-1, 1, 1, 1)
+
+    def run(data, batch, exact=True):
+        m = copy.deepcopy(model)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch)
+        train.adapt_batchnorm(m, loader, progress=False, exact=exact)
+        return m[4].running_mean, m[4].running_var
+
+    a = run(x, 4)
+    b = run(x[torch.randperm(24)], 6)
+    torch.testing.assert_close(a, b)
+    # the one-pass form depends on which images share a batch (sorted by scale here)
+    c, d = run(x, 4, exact=False), run(x[torch.randperm(24)], 6, exact=False)
+    assert not torch.allclose(c[1], d[1], rtol=1e-3)
+    # exact: the last layer's statistics are those of its eval-mode inputs
+    m = copy.deepcopy(model)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), 5)
+    train.adapt_batchnorm(m, loader, progress=False)
+    m.eval()
+    with torch.no_grad():
+        h = m[:4](x).transpose(0, 1).flatten(1)
+    torch.testing.assert_close(m[4].running_mean, h.mean(1))
+    torch.testing.assert_close(m[4].running_var, h.var(1), rtol=1e-4, atol=1e-5)
+
+
+def test_held_out_data_seeds_get_cameras_of_their_own():
+    synth = pk.data.synth
+    tuning, held = synth._cameras(synth.TARGET, 0), synth._cameras(synth.TARGET, 1)
+    assert not torch.allclose(torch.from_numpy(tuning.gain), torch.from_numpy(held.gain))
+    cfg = C.override(C.get_preset("tutorial"), "data.synth_seed=2")
+    assert "data2-seed0" in str(train.checkpoint_path(cfg, "adapt"))
+    assert "data" not in train.checkpoint_path(C.get_preset("tutorial"), "adapt").parent.name

@@ -16,8 +16,8 @@ not a solver: texture, accessories and layout matter.
 What is nuisance (drawn per camera and per image): the viewpoint (front, back, side, mostly
 fixed within a camera's tracklet, so it changes between cameras) and the walking phase; each
 camera's illumination, colour cast, saturation, blur, noise and JPEG quality (fixed per camera
-id from the domain's ``camera_seed``, the same for every data seed, and centred on neutral
-over the cameras); each camera's background scene (the box sees a different part of it each
+id from the domain's ``camera_seed`` and the data seed, centred on neutral over the cameras;
+data seed 0, the tuning draw, keeps the cameras the gap was tuned with); each camera's background scene (the box sees a different part of it each
 time) plus passers-by; partial occlusion; bounding boxes shifted and scaled.
 
 The domain gap is a small frozen dataclass of knobs per domain (:class:`DomainKnobs`,
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 HEIGHT, WIDTH = 128, 64
-GENERATOR_VERSION = 2  # bump whenever the same seed would write other bytes
+GENERATOR_VERSION = 3  # bump whenever the same seed would write other bytes
 MARKER = ".complete"
 
 # Named clothing colours (RGB in [0, 1]); domains differ in how often each is worn.
@@ -156,7 +156,8 @@ class DomainKnobs:
     """The knobs of one domain: what its people wear and how its cameras see them.
 
     The camera-level values (casts, gains, blur, noise, JPEG quality, scenes, preferred
-    walking axis) are drawn per camera id from ``camera_seed``, never from the data seed,
+    walking axis) are drawn per camera id from ``camera_seed`` and the data seed (data seed 0,
+    the tuning draw, from ``camera_seed`` alone),
     and casts, gains and saturations are centred over the cameras: the domain's mean camera
     is neutral, so the gap lies in the differences between cameras.
 
@@ -182,7 +183,7 @@ class DomainKnobs:
         blur: mean blur (one 3x3 box pass = 1).
         noise: std of pixel noise (0-1 scale).
         jpeg_quality: range of the cameras' JPEG quality.
-        camera_seed: seed of the camera-level draws (fixed: not the data seed).
+        camera_seed: seed of the camera-level draws (with the data seed, see above).
     """
 
     num_cameras: int
@@ -490,9 +491,16 @@ def _hsv_colour(rng: np.random.Generator, value: float, saturation: float) -> np
     return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
 
 
-def _scene(knobs: DomainKnobs, cam: int) -> np.ndarray:
+def _camera_key(knobs: DomainKnobs, seed: int) -> list[int]:
+    """Entropy of a domain's camera-level draws: its ``camera_seed``, and for data seeds other
+    than 0 the data seed too. Data seed 0 is the tuning draw and keeps the cameras the gap was
+    tuned with; every other data seed is a held-out draw with cameras of its own."""
+    return [knobs.camera_seed] if seed == 0 else [knobs.camera_seed, 1_000_000 + int(seed)]
+
+
+def _scene(knobs: DomainKnobs, cam: int, seed: int = 0) -> np.ndarray:
     """One camera's background scene (_SCENE_H, _SCENE_W, 3); the boxes see parts of it."""
-    rng = np.random.default_rng([knobs.camera_seed, 7, cam])
+    rng = np.random.default_rng([*_camera_key(knobs, seed), 7, cam])
     h, w = _SCENE_H, _SCENE_W
     wall = _hsv_colour(rng, knobs.bg_brightness, knobs.bg_saturation)
     floor = _hsv_colour(rng, knobs.bg_brightness * 0.85, knobs.bg_saturation * 0.6)
@@ -540,12 +548,10 @@ class _Cameras:
     noise_bank: np.ndarray  # (2H, 2W, 3) standard normal
 
 
-def _cameras(knobs: DomainKnobs) -> _Cameras:
-    n = knobs.num_cameras
-    raw = np.stack([np.random.default_rng([knobs.camera_seed, 3, c]).random(10) for c in range(n)])
-    cast = np.stack(
-        [np.random.default_rng([knobs.camera_seed, 4, c]).standard_normal(3) for c in range(n)]
-    )
+def _cameras(knobs: DomainKnobs, seed: int = 0) -> _Cameras:
+    n, key = knobs.num_cameras, _camera_key(knobs, seed)
+    raw = np.stack([np.random.default_rng([*key, 3, c]).random(10) for c in range(n)])
+    cast = np.stack([np.random.default_rng([*key, 4, c]).standard_normal(3) for c in range(n)])
     cast -= cast.mean(0, keepdims=True)  # neutral on average over the cameras
     cast -= cast.mean(1, keepdims=True)  # a cast changes colour, not brightness
     cast /= max(cast.std(), 1e-6)
@@ -563,8 +569,8 @@ def _cameras(knobs: DomainKnobs) -> _Cameras:
     view_p[:, 2] *= 0.4 + 1.2 * raw[:, 2]  # each camera prefers its own walking axis
     view_p /= view_p.sum(1, keepdims=True)
     qlo, qhi = knobs.jpeg_quality
-    scenes = np.stack([_scene(knobs, c) @ colour[c].T for c in range(n)])
-    bank = np.random.default_rng([knobs.camera_seed, 5]).standard_normal((2 * HEIGHT, 2 * WIDTH, 3))
+    scenes = np.stack([_scene(knobs, c, seed) @ colour[c].T for c in range(n)])
+    bank = np.random.default_rng([*key, 5]).standard_normal((2 * HEIGHT, 2 * WIDTH, 3))
     return _Cameras(
         gain=gain.astype(np.float32),
         colour=colour.astype(np.float32),
@@ -580,10 +586,10 @@ def _cameras(knobs: DomainKnobs) -> _Cameras:
 _CAMERA_CACHE: dict[str, _Cameras] = {}
 
 
-def _cameras_cached(knobs: DomainKnobs) -> _Cameras:
-    key = knobs.digest()
+def _cameras_cached(knobs: DomainKnobs, seed: int = 0) -> _Cameras:
+    key = f"{knobs.digest()}-{_camera_key(knobs, seed)}"
     if key not in _CAMERA_CACHE:
-        _CAMERA_CACHE[key] = _cameras(knobs)
+        _CAMERA_CACHE[key] = _cameras(knobs, seed)
     return _CAMERA_CACHE[key]
 
 
@@ -1031,7 +1037,7 @@ def _write_domain(
     from tqdm.auto import tqdm
 
     sizes = SIZES[preset][domain]
-    cameras = _cameras_cached(knobs)
+    cameras = _cameras_cached(knobs, seed)
     plan = _plan(domain, sizes, knobs, seed, cameras)
     n = len(plan.name)
     ident = np.asarray(plan.ident)
@@ -1219,7 +1225,7 @@ def render_people(
     """
     _check_domain(domain)
     knobs = knobs or DOMAINS[domain]
-    cameras = _cameras_cached(knobs)
+    cameras = _cameras_cached(knobs, seed)
     cams = list(range(min(6, knobs.num_cameras))) if cams is None else list(cams)
     if not cams or min(cams) < 0 or max(cams) >= knobs.num_cameras:
         raise ValueError(f"cams={cams}: camera ids must lie in 0..{knobs.num_cameras - 1}")
