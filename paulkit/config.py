@@ -85,6 +85,10 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     triplet_weight: float = 0.1
     triplet_margin: float = 1.0
+    # As the official code: the last partial batch is kept, and an image's true-pair partner
+    # is drawn among all images of its identity, itself included (True drops / False excludes).
+    drop_last: bool = False
+    partner_includes_self: bool = True
 
 
 @dataclass(frozen=True)

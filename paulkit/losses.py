@@ -222,11 +222,8 @@ def ipfl_loss(
             f"{tuple(views.shape)} and {tuple(centers.shape)}"
         )
     b = centers.shape[0]
-    if b < 2:
-        raise ValueError(
-            f"centers has {b} image(s); IPFL needs at least two images in the batch (the "
-            "negatives are the other images' centres)"
-        )
+    if b < 1:
+        raise ValueError("centers has no image: IPFL needs a non-empty batch")
     if owner_offset is None and (num < 1 or views.shape[0] != b * num):
         raise ValueError(
             f"num = {num} views per image does not fit: views has {views.shape[0]} rows and "
@@ -246,11 +243,14 @@ def ipfl_loss(
     centers = centers.detach().to(views.dtype)
     owner = torch.arange(first, first + local, device=views.device).repeat_interleave(num)
     with torch.no_grad():  # the ranking: which centre is each view's trusted negative
-        others = _sq_dists(views.detach(), centers).scatter_(1, owner[:, None], float("inf"))
-        cand = others.topk(min(max_iter, b - 1), dim=1, largest=False).indices  # nearest first
-        ok = _trusted(centers, nearest)[cand, owner[:, None]]  # (V, walk)
-        found = ok.any(1)
-        neg = cand.gather(1, ok.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1)  # first
+        if b == 1:  # a one-image batch (a last partial batch): no candidate, the fallback
+            found, neg = torch.zeros_like(owner, dtype=torch.bool), owner
+        else:
+            others = _sq_dists(views.detach(), centers).scatter_(1, owner[:, None], float("inf"))
+            cand = others.topk(min(max_iter, b - 1), dim=1, largest=False).indices  # nearest
+            ok = _trusted(centers, nearest)[cand, owner[:, None]]  # (V, walk)
+            found = ok.any(1)
+            neg = cand.gather(1, ok.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1)
     # The two distances that carry gradient, computed exactly (Euclidean, not squared).
     d_pos = torch.linalg.vector_norm(views - centers[owner], dim=1)
     d_neg = torch.linalg.vector_norm(views - centers[neg], dim=1)

@@ -399,14 +399,15 @@ def pretrain(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]
-    dataset = D.PairDataset(records, D.transforms.train_transform(cfg.data.height, cfg.data.width))
+    tf = D.transforms.train_transform(cfg.data.height, cfg.data.width)
+    dataset = D.PairDataset(records, tf, include_self=p.partner_includes_self)
     for epoch in range(start, p.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
         _seed_epoch(cfg, epoch)
         lrs = pretrain_lrs(p, epoch)
         _set_lrs(optimizer, lrs)
-        loader = _train_loader(dataset, p.batch_size, rt, cfg, epoch, drop_last=True)
+        loader = _train_loader(dataset, p.batch_size, rt, cfg, epoch, p.drop_last)
         stats = pretrain_epoch(
             net, loader, optimizer, rt, p, progress, desc=f"{phase} {epoch + 1}/{p.epochs}"
         )

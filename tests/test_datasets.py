@@ -351,18 +351,22 @@ def test_image_dataset(market):
         ImageDataset([])
 
 
-def test_pair_dataset_pairs_other_image_of_same_pid(market):
-    data = PairDataset(market.train, T.test_transform(16, 8))
+def test_pair_dataset_draws_the_partner_as_the_official_code(market):
+    """Uniform over the identity's images, the image itself included (official); with
+    ``include_self=False`` over the other images only."""
     pids = [r.pid for r in market.train]
+    multi = next(i for i, p in enumerate(pids) if pids.count(p) > 1)
+    same = {j for j, p in enumerate(pids) if p == pids[multi]}
     torch.manual_seed(0)
+    official = PairDataset(market.train, T.test_transform(16, 8))
+    drawn = {official.partner(multi) for _ in range(200)}
+    assert drawn == same  # itself included
+    other = PairDataset(market.train, T.test_transform(16, 8), include_self=False)
     for i, rec in enumerate(market.train):
-        j = data.partner(i)
+        j = other.partner(i)
         assert pids[j] == rec.pid
-        if pids.count(rec.pid) > 1:
-            assert j != i  # another image of the same person
-        else:
-            assert j == i  # a single image is paired with itself
-    img, img2, pid = data[0]
+        assert (j != i) if pids.count(rec.pid) > 1 else (j == i)
+    img, img2, pid = official[0]
     assert img.shape == img2.shape == (3, 16, 8) and pid == market.train[0].pid
 
 

@@ -181,10 +181,18 @@ def test_ipfl_gradient_flows_only_into_the_views():
     assert views.grad is not None and centers.grad is None
 
 
+def test_ipfl_on_a_one_image_batch_uses_the_official_fallback():
+    """A last partial batch of one image: no other centre, so d_neg = 0 (official)."""
+    views = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    centers = views.mean(0, keepdim=True)
+    d_pos = (views - centers).norm(dim=1)
+    torch.testing.assert_close(L.ipfl_loss(views, centers, num=2), (2.0 + d_pos).mean())
+
+
 @pytest.mark.parametrize(
     "views, centers, kwargs, word",
     [
-        (torch.zeros(2, 4), torch.zeros(1, 4), {}, "at least two images"),
+        (torch.zeros(0, 4), torch.zeros(0, 4), {}, "non-empty batch"),
         (torch.zeros(5, 4), torch.zeros(2, 4), {}, "num"),
         (torch.zeros(4, 3), torch.zeros(2, 4), {}, "same E"),
         (torch.zeros(4, 4), torch.zeros(2, 4), dict(max_iter=0), "max_iter"),

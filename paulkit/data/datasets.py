@@ -573,12 +573,14 @@ class ImageDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """Supervised "true pairs": item ``(img, other_img_same_pid, pid)``.
+    """Supervised "true pairs": item ``(img, partner_img, pid)``.
 
-    The partner is drawn (torch's RNG, so seeded per DataLoader worker) among the *other*
-    images of the same identity; an identity with a single image is paired with itself.
+    The partner is drawn (torch's RNG) uniformly among *all* images of the same identity, the
+    image itself included, as the official code draws it (the two copies still differ by
+    their random flips); ``include_self=False`` draws among the *other* images only (an
+    identity with a single image is then paired with itself).
 
-    Paper: PAPER.md "Supervised pretraining" (each sample brings a second image of its
+    Paper: docs/paper.md "Supervised pretraining" (each sample brings a second image of its
     identity).
 
     Shape:
@@ -587,11 +589,17 @@ class PairDataset(Dataset):
     Taught in: notebooks/05_source_pretraining.ipynb.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform: Callable | None = None,
+        include_self: bool = True,
+    ) -> None:
         if len(records) == 0:
             raise ValueError("records is empty; pass a non-empty split such as dataset.train")
         self.records = list(records)
         self.transform = transform if transform is not None else _default_transform()
+        self.include_self = include_self
         by_pid: dict[int, list[int]] = {}
         for i, rec in enumerate(self.records):
             by_pid.setdefault(rec.pid, []).append(i)
@@ -601,13 +609,11 @@ class PairDataset(Dataset):
         return len(self.records)
 
     def partner(self, index: int) -> int:
-        """Index of a random other image with the same pid (``index`` itself if none)."""
+        """Index of a random image with the same pid (see ``include_self``)."""
         same = self.index_by_pid[self.records[index].pid]
-        if len(same) == 1:
-            return index
-        j = int(torch.randint(len(same) - 1, ()).item())
-        others = [i for i in same if i != index]
-        return others[j]
+        if not self.include_self:
+            same = [i for i in same if i != index] or [index]
+        return same[int(torch.randint(len(same), ()).item())]
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         rec = self.records[index]
