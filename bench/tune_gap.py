@@ -100,7 +100,11 @@ def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> st
         cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, eval_every=2))
         t0 = time.perf_counter()
         rt = train.make_runtime(cfg, device)
-        pre, _ = train.train_or_load(cfg, "pretrain", device=rt.device, out=out, progress=False)
+        # one pretraining per source domain; the oracle reads this experiment's target
+        src = f"source-{synth.DOMAINS['source'].digest()[:8]}" if source_knobs else ""
+        pre, _ = train.train_or_load(
+            cfg, "pretrain", src, device=rt.device, out=out, progress=False
+        )
         target = train.target_dataset(cfg)
         adabn = train.evaluate_model(
             reproduce.adabn_model(pre, cfg, rt.device), target, cfg, rt, False
@@ -115,7 +119,9 @@ def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> st
         cells = [pct(hist["eval"][0]), pct(adabn), ", ".join(pct(e) for e in hist["eval"][1:])]
         cells.append(pct(after))
         if oracle:
-            o, _ = train.train_or_load(cfg, "oracle", device=rt.device, out=out, progress=False)
+            o, _ = train.train_or_load(
+                cfg, "oracle", name, device=rt.device, out=out, progress=False
+            )
             m = train.adaptation_model(o, cfg).to(rt.device)
             cells.append(pct(train.evaluate_model(m, target, cfg, rt, False)))
         paul_minus_adabn = 100 * (hist["eval"][-1]["mAP"] - adabn["mAP"])

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         for i, margin in enumerate(args.margins):
             cfg = C.override(base, f"seed={seed}", f"adapt.ipfl_margin={margin}")
             rows = ["paul", "ipfl_only"] + (["direct_transfer", "adabn"] if i == 0 else [])
-            res = reproduce.evaluate_rows(cfg, rows, out=args.out)
+            res = reproduce.evaluate_rows(cfg, rows, out=args.out, tag=f"margin{margin:g}")
             for row, r in res.items():
                 name = row if row in ("direct_transfer", "adabn") else f"{row} margin {margin:g}"
                 table.setdefault(name, []).append(100 * r["mAP"])

@@ -8,10 +8,11 @@ missing data end with one clear line and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from paulkit import config, distributed
-from paulkit.utils import CheckpointError
+from paulkit import config, distributed, utils
+from paulkit.utils import CheckpointError, RunLockError
 
 __all__ = ["main", "build_parser"]
 
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", action="store_true", help="train on the TARGET labels (reference)")
     p = sub.add_parser("adapt", help="unsupervised PAUL adaptation on the target domain")
     _add_common(p)
+    for name in ("pretrain", "adapt"):
+        sub.choices[name].add_argument(
+            "--restart",
+            action="store_true",
+            help="move this phase's existing checkpoint aside (<name>.old-<time>, never "
+            "deleted) and train it again",
+        )
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the target query/gallery")
     _add_common(p)
     p.add_argument(
@@ -91,6 +99,54 @@ def _cfg(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
+# What `evaluate --set` may change in the checkpoint's own config: where and which target
+# data it is evaluated on, and how the images are read. Everything else is fixed by the
+# checkpoint; `seed` only picks the default checkpoint (outputs/<preset>/seed<s>/adapt.pt).
+EVAL_KEYS = ("data.root", "data.num_workers", "data.target", "data.synth_preset", "data.synth_seed")
+
+
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    keep = []
+    for item in args.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in EVAL_KEYS:
+            keep.append(item)
+        elif key == "seed" and args.checkpoint is None:
+            continue  # picks the checkpoint file
+        else:
+            raise CliError(
+                f"--set {key}: evaluate uses the checkpoint's own {key}; it takes only "
+                f"{', '.join(EVAL_KEYS)}"
+                + (" (and seed, to pick the default checkpoint)" if args.checkpoint is None else "")
+            )
+    return keep
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise CliError(
+            f"--device {device!r} is not a device; use cpu, cuda, cuda:1 or mps"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker arrives
+    with the worker's traceback embedded: keep only its last line (the error itself)."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "Original Traceback" in text and lines:
+        last = lines[-1]
+        name = type(exc).__name__
+        return last[len(name) + 2 :] if last.startswith(name + ": ") else last
+    return " ".join(line.strip() for line in lines) if len(lines) > 1 else text
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "synth":
         from paulkit.data import synth
@@ -99,40 +155,29 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from paulkit import train
 
+    _check_device(args.device)
     cfg = _cfg(args)
     progress = not args.quiet
+    if args.command == "evaluate":
+        return _evaluate(args, cfg, progress)
+    config.validate(cfg)  # before any data is read or anything trained
+    utils.check_writable(args.out if args.out is not None else config.output_root())
     print(f"preset {cfg.name} (config {config.config_hash(cfg)}), seed {cfg.seed}")
     if args.command == "pretrain":
         phase = "oracle" if args.oracle else "pretrain"
         _, hist = train.train_or_load(
-            cfg, phase, device=args.device, out=args.out, progress=progress
+            cfg, phase, device=args.device, out=args.out, progress=progress, restart=args.restart
         )
         print(f"{phase}: {len(hist['epoch'])} epochs, final loss {hist['loss'][-1]:.4f}")
         print(f"checkpoint: {train.checkpoint_path(cfg, phase, out=args.out)}")
         return 0
     if args.command == "adapt":
         _, hist = train.train_or_load(
-            cfg, "adapt", device=args.device, out=args.out, progress=progress
+            cfg, "adapt", device=args.device, out=args.out, progress=progress, restart=args.restart
         )
         for row in hist["eval"]:
             print(f"epoch {row['epoch']:3d}: rank-1 {row['rank1']:.3f}  mAP {row['mAP']:.3f}")
         print(f"checkpoint: {train.checkpoint_path(cfg, 'adapt', out=args.out)}")
-        return 0
-    if args.command == "evaluate":
-        path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
-        rt = train.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
-        model, state = train.load_model(path, rt.device)
-        ckcfg = config.config_from_dict(state["config"])
-        if args.data is not None:
-            ckcfg = config.override(ckcfg, f"data.root={args.data}")
-        if state["phase"] != "adapt":
-            model = train.adaptation_model(model, ckcfg).to(next(model.parameters()).device)
-        res = train.evaluate_model(model, train.target_dataset(ckcfg), ckcfg, rt, progress)
-        key = "mAP" if args.ap == "step" else "mAP_trapezoid"
-        print(
-            f"rank-1 {res['rank1']:.4f}  rank-5 {res['rank5']:.4f}  rank-10 {res['rank10']:.4f}  "
-            f"mAP({args.ap}) {res[key]:.4f}  mINP {res['mINP']:.4f}"
-        )
         return 0
     if args.command == "reproduce":
         from paulkit import reproduce
@@ -154,6 +199,46 @@ def _run(args: argparse.Namespace) -> int:
     raise CliError(f"unknown command {args.command!r}")
 
 
+def _evaluate(args: argparse.Namespace, cfg: config.Config, progress: bool) -> int:
+    from paulkit import train
+
+    keep = _eval_overrides(args)
+    path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
+    rt = train.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
+    model, state = train.load_model(path, rt.device)
+    ckcfg = config.override(config.config_from_dict(state["config"]), *keep)
+    if args.data is not None:
+        ckcfg = config.override(ckcfg, f"data.root={args.data}")
+    print(
+        f"checkpoint {path}: preset {ckcfg.name}, seed {ckcfg.seed}, {state['phase']} epoch "
+        f"{state['epoch']}; evaluated on {ckcfg.data.target}"
+    )
+    if state["phase"] != "adapt":
+        model = train.adaptation_model(model, ckcfg).to(next(model.parameters()).device)
+    res = train.evaluate_model(model, train.target_dataset(ckcfg), ckcfg, rt, progress)
+    key = "mAP" if args.ap == "step" else "mAP_trapezoid"
+    print(
+        f"rank-1 {res['rank1']:.4f}  rank-5 {res['rank5']:.4f}  rank-10 {res['rank10']:.4f}  "
+        f"mAP({args.ap}) {res[key]:.4f}  mINP {res['mINP']:.4f}"
+    )
+    return 0
+
+
+class _Once(logging.Filter):
+    """Each distinct line once per command (the data sets are read by several phases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -163,13 +248,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     distributed.quiet_other_ranks()  # under torchrun only rank 0 prints
+    handler = logging.StreamHandler(sys.stdout)  # the data folders read, with their counts
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_Once())
+    log = logging.getLogger("paulkit")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
         return _run(args)
-    except (CliError, ValueError, FileNotFoundError, CheckpointError) as exc:
-        print(f"paulkit {args.command}: error: {exc}", file=sys.stderr)
+    except (
+        CliError,
+        ValueError,
+        FileNotFoundError,
+        CheckpointError,
+        RunLockError,
+        FloatingPointError,
+    ) as exc:
+        print(f"paulkit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"paulkit {args.command}: interrupted (checkpoints so far are kept)", file=sys.stderr)
         return 130
     finally:
+        log.removeHandler(handler)
         distributed.shutdown()

@@ -28,6 +28,7 @@ __all__ = [
     "preset_from_env",
     "override",
     "config_hash",
+    "validate",
     "config_to_dict",
     "config_from_dict",
     "project_root",
@@ -279,6 +280,59 @@ def override(cfg: Config, *assignments: str) -> Config:
             cfg = replace(cfg, **{parts[0]: new})
         else:
             raise ValueError(f"--set: unknown key {key!r}")
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Refuse, before any data is read or any step is trained, a config that cannot train:
+    one ``ValueError`` naming the key (e.g. ``adapt.epochs=0: must be at least 1``).
+
+    Checks what the config alone decides (counts, sizes, choices). What depends on the data
+    (a batch larger than the training set) is checked by :func:`paulkit.train.pretrain` and
+    :func:`paulkit.train.adapt` as soon as the data set is read; a writable ``--out`` by
+    :func:`paulkit.utils.check_writable`.
+    """
+    d, m, p, a = cfg.data, cfg.model, cfg.pretrain, cfg.adapt
+    at_least = [
+        ("pretrain.epochs", p.epochs, 1),
+        ("pretrain.batch_size", p.batch_size, 1),
+        ("adapt.epochs", a.epochs, 1),
+        ("adapt.batch_size", a.batch_size, 2),  # IPFL and PEDAL compare images of a batch
+        ("adapt.num_views", a.num_views, 1),
+        ("adapt.eval_every", a.eval_every, 0),
+        ("adapt.pedal_k", a.pedal_k, 1),
+        ("adapt.ipfl_max_iter", a.ipfl_max_iter, 0),
+        ("adapt.ipfl_nearest", a.ipfl_nearest, 1),
+        ("data.height", d.height, 1),
+        ("data.width", d.width, 1),
+        ("data.num_workers", d.num_workers, 0),
+        ("data.limit_train", d.limit_train, 0),
+        ("model.num_patches", m.num_patches, 1),
+        ("model.patch_dim", m.patch_dim, 1),
+        ("model.embed_dim", m.embed_dim, 1),
+        ("model.small_width", m.small_width, 1),
+    ]
+    for key, value, low in at_least:
+        if value < low:
+            raise ValueError(f"{key}={value}: must be at least {low}")
+    for key, value in (
+        ("pretrain.lr_new", p.lr_new),
+        ("pretrain.lr_backbone", p.lr_backbone),
+        ("pretrain.lr_stn", p.lr_stn),
+        ("adapt.lr", a.lr),
+        ("adapt.pedal_weight", a.pedal_weight),
+        ("adapt.ipfl_weight", a.ipfl_weight),
+    ):
+        if not value >= 0:  # also catches nan
+            raise ValueError(f"{key}={value}: must be a number >= 0")
+    if not 0 <= a.memory_momentum <= 1:
+        raise ValueError(f"adapt.memory_momentum={a.memory_momentum}: must be within 0..1")
+    if a.memory_init not in ("train", "eval"):
+        raise ValueError(
+            f"adapt.memory_init={a.memory_init!r}: choose 'train' (the official pass) or 'eval'"
+        )
+    if a.pedal_weight == 0 and a.ipfl_weight == 0:
+        raise ValueError("adapt.pedal_weight and adapt.ipfl_weight are both 0: nothing to train")
     return cfg
 
 

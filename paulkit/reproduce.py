@@ -99,9 +99,12 @@ def evaluate_rows(
     device=None,
     out: str | Path | None = None,
     progress: bool = False,
+    tag: str = "",
 ) -> dict[str, dict[str, float]]:
     """Train (or load) and evaluate the rows of the table for one run: the data draw
-    ``cfg.data.synth_seed`` and the model seed ``cfg.seed``."""
+    ``cfg.data.synth_seed`` and the model seed ``cfg.seed``. ``tag`` names the adaptation
+    checkpoints of a variant (``adapt-paul-<tag>.pt``), so that several adaptation settings
+    share one pretraining without refusing each other's checkpoints."""
     rows = rows or list(ROWS)
     rt = train.make_runtime(cfg, device)
     target = train.target_dataset(cfg)
@@ -122,12 +125,12 @@ def evaluate_rows(
     for row, vcfg in variants.items():
         if row not in rows and not (row == "paul" and "paul_adabn" in rows):
             continue
-        tag = row  # own files: the notebooks' adapt.pt evaluates every few epochs
+        row_tag = f"{row}-{tag}" if tag else row  # own files, beside the notebooks' adapt.pt
         vcfg = dataclasses.replace(vcfg, adapt=dataclasses.replace(vcfg.adapt, eval_every=0))
         m, _ = train.train_or_load(
             vcfg,
             "adapt",
-            tag=tag,
+            tag=row_tag,
             device=rt.device,
             out=out,
             progress=progress,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -48,6 +50,10 @@ __all__ = [
     "adapt",
     "evaluate_model",
     "phase_hash",
+    "phase_settings",
+    "data_identity",
+    "check_checkpoint",
+    "CheckpointMismatch",
     "checkpoint_path",
     "train_or_load",
     "load_model",
@@ -126,12 +132,30 @@ def make_runtime(
 # --------------------------------------------------------------------------- data and model
 
 
+log = logging.getLogger("paulkit")
+
+
 def _dataset(name: str, root: str | None, cfg: C.Config, role: str):
     if name == "synth":
-        return D.load_dataset(
-            f"synth-{role}", preset=cfg.data.synth_preset, seed=cfg.data.synth_seed
-        )
-    return D.load_dataset(name, root=C.data_root(root))
+        ds = D.load_dataset(f"synth-{role}", preset=cfg.data.synth_preset, seed=cfg.data.synth_seed)
+        what = f"synthetic {role} (preset {cfg.data.synth_preset}, data seed {cfg.data.synth_seed})"
+    else:
+        ds = D.load_dataset(name, root=C.data_root(root))
+        what = ds.name + (f" ({ds.layout} layout)" if hasattr(ds, "layout") else "")
+    st = ds.stats()  # the folders actually read, so a wrong --data shows at once (the CLI prints)
+    log.info(
+        "%s: %s read from %s: train %d images / %d ids, query %d / %d, gallery %d / %d",
+        role,
+        what,
+        ds.root,
+        st["train"]["images"],
+        st["train"]["ids"],
+        st["query"]["images"],
+        st["query"]["ids"],
+        st["gallery"]["images"],
+        st["gallery"]["ids"],
+    )
+    return ds
 
 
 def source_records(cfg: C.Config, use_target_labels: bool = False) -> list[D.ImageRecord]:
@@ -340,7 +364,7 @@ def pretrain_epoch(
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, rt: Runtime) -> None:
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss became {float(loss)}; lower the learning rate")
+        raise FloatingPointError(f"the loss became {float(loss.detach())}; lower the learning rate")
     if rt.scaler is not None:
         rt.scaler.scale(loss).backward()
         rt.scaler.step(optimizer)
@@ -362,6 +386,7 @@ def pretrain(
     use_target_labels: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Supervised pretraining (PAPER.md "Supervised pretraining").
 
@@ -369,21 +394,30 @@ def pretrain(
         cfg: the run's config (``cfg.pretrain`` and ``cfg.data.source``).
         device: overrides the automatic choice.
         checkpoint: file written atomically after every epoch; an existing one with the same
-            config hash is resumed.
+            settings is resumed, one with other settings refused (:func:`check_checkpoint`),
+            and its folder locked while this runs.
         use_target_labels: train on the target's labels instead (the oracle row only).
         progress: show a progress bar.
         stop_after: stop after this many epochs in total (to simulate an interruption).
+        restart: move an existing ``checkpoint`` aside and start afresh.
 
     Returns:
         ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``ce``,
         ``triplet``, ``acc``, ``lr`` and ``images_per_s``.
     """
+    C.validate(cfg)
+    with _run_folder_lock(checkpoint):
+        return _pretrain(cfg, device, checkpoint, use_target_labels, progress, stop_after, restart)
+
+
+def _pretrain(cfg, device, checkpoint, use_target_labels, progress, stop_after, restart):
     utils.set_seed(cfg.seed, cfg.deterministic)
     rt = make_runtime(cfg, device)
     p = cfg.pretrain
     ddp.local_batch(p.batch_size, rt.world_size, "pretrain.batch_size")  # before any work
     progress = progress and rt.rank == 0
     records = source_records(cfg, use_target_labels)
+    _check_batch(len(records), p.batch_size, rt.world_size, p.drop_last, "pretrain.batch_size")
     num_classes = max(r.pid for r in records) + 1
     model = build_model(cfg, num_classes=num_classes, pretrain=True).to(rt.device)
     if rt.channels_last:
@@ -394,7 +428,7 @@ def pretrain(
     history["images_per_s"] = []
     phase = "oracle" if use_target_labels else "pretrain"
     start = 0
-    state = _try_resume(checkpoint, cfg, phase)
+    state = _try_resume(checkpoint, cfg, phase, restart)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -684,6 +718,7 @@ def adapt(
     progress: bool = True,
     stop_after: int | None = None,
     evaluate_every: int | None = None,
+    restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Unsupervised PAUL adaptation on the target's training images, without their labels.
 
@@ -691,10 +726,21 @@ def adapt(
     every ``cfg.adapt.eval_every`` epochs and after the last one. Loss weights of 0 give the
     ablations (PEDAL only: ``ipfl_weight=0``; IPFL only: ``pedal_weight=0``).
 
+    ``checkpoint`` is resumed, refused or locked as in :func:`pretrain`; ``restart`` moves
+    it aside first.
+
     Returns:
         ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``pedal``,
         ``ipfl``, ``lr``, ``images_per_s`` and ``eval``: a list of ``{"epoch": e, **metrics}``.
     """
+    C.validate(cfg)
+    with _run_folder_lock(checkpoint):
+        return _adapt(
+            cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart
+        )
+
+
+def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart):
     utils.set_seed(cfg.seed, cfg.deterministic)
     rt = make_runtime(cfg, device)
     a = cfg.adapt
@@ -708,6 +754,7 @@ def adapt(
         D.transforms.pseudo_pair_transform(cfg.data.height, cfg.data.width),
         num=a.num_views,
     )
+    _check_batch(len(train_set), a.batch_size, rt.world_size, a.drop_last, "adapt.batch_size")
     model = adaptation_model(pretrained, cfg).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -720,7 +767,7 @@ def adapt(
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "pedal", "ipfl", "lr")}
     history["images_per_s"], history["eval"] = [], []
     every = evaluate_every if evaluate_every is not None else a.eval_every
-    state = _try_resume(checkpoint, cfg, "adapt")
+    state = _try_resume(checkpoint, cfg, "adapt", restart)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -794,13 +841,111 @@ def evaluate_model(
 # --------------------------------------------------------------------------- checkpoints
 
 
-def phase_hash(cfg: C.Config, phase: str) -> str:
-    """Hash of the config fields a phase's result depends on.
+# What a phase's checkpoint depends on. Left out on purpose: where the data lives
+# (data.root: a path, the same data set anywhere), how it is read (data.num_workers: the
+# random streams are keyed by seed, epoch and item, so workers change nothing), when the
+# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, compile,
+# sync_bn), and the phase's own number of epochs: more epochs continue a checkpoint; fewer
+# than it holds are refused (see train_or_load).
+_NOT_HASHED = {
+    "name",
+    "data.root",
+    "data.num_workers",
+    "data.source",
+    "data.target",
+    "data.synth_preset",
+    "data.synth_seed",
+    "adapt.eval_every",
+    "amp",
+    "channels_last",
+    "compile",
+    "sync_bn",
+}
 
-    With the embedded synthetic data it also covers the generator's version and the knobs
-    of the domains the phase reads (source for pretraining, target for the oracle, both for
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in ("data", "model", "pretrain", "adapt"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_FINGERPRINTS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def data_identity(cfg: C.Config, role: str) -> dict[str, Any]:
+    """What identifies the data set ``role`` ("source" or "target") reads, wherever it lives.
+
+    Synthetic data: the generator's version, the domain's knobs (digest), size preset and
+    data seed. A real data set: its name and a fingerprint of its training split (image and
+    identity counts and a hash of the sorted file names), never its path, so moving the
+    folder, a trailing slash or ``--data`` versus ``PAULKIT_DATA`` change nothing.
+    """
+    name = cfg.data.source if role == "source" else cfg.data.target
+    if name == "synth":
+        return {
+            "name": "synth",
+            "generator": D.synth.GENERATOR_VERSION,
+            "knobs": D.synth.DOMAINS[role].digest(),
+            "preset": cfg.data.synth_preset,
+            "seed": cfg.data.synth_seed,
+        }
+    key = (name, str(C.data_root(cfg.data.root).resolve()))
+    if key not in _FINGERPRINTS:
+        ds = _dataset(name, cfg.data.root, cfg, role)
+        names = sorted(Path(r.path).name for r in ds.train)
+        digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+        _FINGERPRINTS[key] = {
+            "name": ds.name,
+            "train_images": len(ds.train),
+            "train_ids": ds.num_train_pids,
+            "files": digest,
+        }
+    return dict(_FINGERPRINTS[key])
+
+
+def phase_settings(cfg: C.Config, phase: str) -> dict[str, Any]:
+    """The settings that define the model a phase produces, as flat ``key: value`` pairs
+    (what :func:`phase_hash` hashes and what a checkpoint stores to name differences).
+
+    Pretraining reads the source data set, the oracle the target's, adaptation both (and
+    depends on the whole pretraining, its epochs included). With ``adapt.final_adabn`` the
+    last epoch differs from the others, so ``adapt.epochs`` is part of adaptation's settings.
+    """
+    flat = _flatten(C.config_to_dict(cfg))
+    sections = ("data.", "model.", "pretrain.") + (("adapt.",) if phase == "adapt" else ())
+    keep = {
+        k: v
+        for k, v in flat.items()
+        if (k.startswith(sections) or k in ("seed", "deterministic")) and k not in _NOT_HASHED
+    }
+    if phase in ("pretrain", "oracle"):
+        keep.pop("pretrain.epochs")
+    elif not cfg.adapt.final_adabn:
+        keep.pop("adapt.epochs")
+    roles = {"pretrain": ["source"], "oracle": ["target"]}.get(phase, ["source", "target"])
+    for role in roles:
+        keep[f"data.{role}"] = data_identity(cfg, role)
+    keep["phase"] = phase
+    return keep
+
+
+def phase_hash(cfg: C.Config, phase: str) -> str:
+    """Hash of :func:`phase_settings`: a checkpoint is reused only when it matches.
+
+    With the embedded synthetic data it covers the generator's version and the knobs of the
+    domains the phase reads (source for pretraining, target for the oracle, both for
     adaptation), so a checkpoint trained on other synthetic data is never reused.
     """
+    return C.config_hash(phase_settings(cfg, phase))
+
+
+def _legacy_phase_hash(cfg: C.Config, phase: str) -> str:
+    # The hash of paulkit 9947c09 and before (whole data section, epochs, eval cadence), so
+    # that checkpoints written then, which do not store their settings, are still recognised.
     d = C.config_to_dict(cfg)
     keep = {"data", "model", "pretrain", "seed", "deterministic"}
     if phase == "adapt":
@@ -814,11 +959,71 @@ def phase_hash(cfg: C.Config, phase: str) -> str:
     return C.config_hash(d)
 
 
+def _epochs(cfg: C.Config, phase: str) -> tuple[int, str]:
+    if phase == "adapt":
+        return cfg.adapt.epochs, "adapt.epochs"
+    return cfg.pretrain.epochs, "pretrain.epochs"
+
+
+def _short(v: Any) -> str:
+    text = repr(v) if not isinstance(v, dict) else "{" + ", ".join(f"{k}={v[k]}" for k in v) + "}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class CheckpointMismatch(utils.CheckpointError):
+    """A checkpoint that belongs to other settings (or more epochs); it is never deleted."""
+
+
+def _choices(path: Path) -> str:
+    return (
+        f"use another --out (out=...) to keep both, or --restart (restart=True) to move "
+        f"{path.name} aside to {path.name}.old-<time> and train again; nothing is deleted"
+    )
+
+
+def check_checkpoint(state: dict, cfg: C.Config, phase: str, path: str | Path) -> None:
+    """Raise :class:`CheckpointMismatch` unless the checkpoint at ``path`` (already read as
+    ``state``) can be resumed or loaded for ``cfg``'s ``phase``. The message names the keys
+    that differ and the choices."""
+    path = Path(path)
+    if state.get("phase") != phase:
+        raise CheckpointMismatch(
+            f"{path} holds a {state.get('phase')!r} checkpoint, not {phase!r}; " + _choices(path)
+        )
+    stored = state.get("settings")
+    if stored is None:  # written by an older paulkit: only its hash is known
+        if state.get("config_hash") != _legacy_phase_hash(cfg, phase):
+            raise CheckpointMismatch(
+                f"{path} was written by an older paulkit for other settings (it stores no "
+                "settings to compare key by key); " + _choices(path)
+            )
+    else:
+        want = phase_settings(cfg, phase)
+        keys = sorted(set(stored) | set(want))
+        diff = [k for k in keys if stored.get(k) != want.get(k)]
+        if diff:
+            shown = "; ".join(
+                f"{k}: {_short(stored.get(k))} in the checkpoint, {_short(want.get(k))} now"
+                for k in diff[:4]
+            )
+            more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+            raise CheckpointMismatch(
+                f"{path} was trained with other settings: {shown}{more}; " + _choices(path)
+            )
+    epochs, key = _epochs(cfg, phase)
+    if state["epoch"] > epochs:
+        raise CheckpointMismatch(
+            f"{path} holds {state['epoch']} epochs, more than {key}={epochs} asks for; set "
+            f"{key}={state['epoch']} to use it, or " + _choices(path)
+        )
+
+
 def _save(path, cfg, phase, epoch, model, optimizer, history, num_classes, pm=None, im=None):
     state = {
         "format": CHECKPOINT_FORMAT,
         "phase": phase,
         "config": C.config_to_dict(cfg),
+        "settings": phase_settings(cfg, phase),
         "config_hash": phase_hash(cfg, phase),
         "epoch": epoch,
         "num_classes": num_classes,
@@ -836,24 +1041,43 @@ def _save(path, cfg, phase, epoch, model, optimizer, history, num_classes, pm=No
 def _check(state: Any, path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise utils.CheckpointError(
-            f"{path} is not a paulkit checkpoint (no '{CHECKPOINT_FORMAT}' format tag); "
-            "point at a file written by paulkit.train, or delete it to train again"
+            f"{path} is not a paulkit checkpoint (no '{CHECKPOINT_FORMAT}' format tag); point "
+            "at a file written by paulkit.train, or move it away (--restart does) to train again"
         )
     return state
 
 
-def _try_resume(checkpoint, cfg: C.Config, phase: str) -> dict | None:
-    if checkpoint is None or not Path(checkpoint).exists():
+def _try_resume(checkpoint, cfg: C.Config, phase: str, restart: bool = False) -> dict | None:
+    """The checkpoint's state to resume from; None to start afresh (no file, or ``restart``,
+    which first moves the file aside). A checkpoint of other settings is refused, never
+    overwritten."""
+    if checkpoint is None or not (Path(checkpoint).exists() or Path(checkpoint).is_symlink()):
+        return None
+    if restart:
+        if ddp.env_rank() == 0:
+            moved = utils.move_aside(checkpoint)
+            print(f"--restart: moved {checkpoint} aside to {moved.name}")
+        ddp.barrier()
         return None
     state = _check(utils.load_checkpoint(checkpoint), Path(checkpoint))
-    want = phase_hash(cfg, phase)
-    if state["phase"] != phase or state["config_hash"] != want:
-        print(
-            f"{checkpoint}: written for another config or phase "
-            f"({state['phase']}, hash {state['config_hash']} != {want}); starting afresh"
-        )
-        return None
+    check_checkpoint(state, cfg, phase, checkpoint)
     return state
+
+
+def _run_folder_lock(checkpoint):
+    if checkpoint is None:
+        return contextlib.nullcontext()
+    return utils.run_lock(Path(checkpoint).parent, enabled=ddp.env_rank() == 0)
+
+
+def _check_batch(n: int, batch_size: int, world_size: int, drop_last: bool, key: str) -> None:
+    if batch_size > n and drop_last:
+        raise ValueError(
+            f"{key}={batch_size} is larger than the {n} training images: every batch would be "
+            f"dropped and nothing trained; lower {key} (or raise data.limit_train)"
+        )
+    if world_size > 1 and n < world_size:
+        raise ValueError(f"{n} training images cannot feed {world_size} processes")
 
 
 def checkpoint_path(
@@ -897,35 +1121,57 @@ def train_or_load(
     out: str | Path | None = None,
     progress: bool = True,
     pretrained: nn.Module | None = None,
+    restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a finished checkpoint of ``phase`` when its config hash matches; else train.
+    """Load a finished checkpoint of ``phase`` whose settings match; else train (resuming a
+    partial one).
 
     ``phase`` is ``"pretrain"``, ``"oracle"`` (supervised on the target's labels: the
     reference row only) or ``"adapt"`` (which first gets its pretrained model the same way).
-    A partial checkpoint with a matching hash is resumed; a mismatching one is retrained,
-    and the reason is printed.
+
+    What paulkit promises about the checkpoint (docs/reliability.md):
+
+    - it is reused when :func:`phase_settings` match: the data set's identity, not its
+      path; not ``data.num_workers`` nor ``adapt.eval_every``;
+    - more epochs than it holds continue it; fewer are refused (the key is named);
+    - one that belongs to other settings is refused with :class:`CheckpointMismatch`, which
+      names the differing keys; it is **never deleted**. ``restart=True`` (``--restart``)
+      moves this phase's file aside (``<name>.old-<time>``) and trains again; for the
+      pretraining that adaptation needs, a mismatching file is moved aside too, a matching
+      one is reused;
+    - the run folder is locked while this runs (:func:`paulkit.utils.run_lock`): a second
+      process writing there is refused with the holder's PID.
     """
     if phase not in ("pretrain", "oracle", "adapt"):
         raise ValueError(f"phase must be 'pretrain', 'oracle' or 'adapt', got {phase!r}")
+    C.validate(cfg)
     path = checkpoint_path(cfg, phase, tag, out)
-    epochs = cfg.adapt.epochs if phase == "adapt" else cfg.pretrain.epochs
-    want = phase_hash(cfg, phase)
+    with _run_folder_lock(path):
+        return _train_or_load(cfg, phase, path, device, out, progress, pretrained, restart)
+
+
+def _train_or_load(cfg, phase, path, device, out, progress, pretrained, restart):
+    epochs, _ = _epochs(cfg, phase)
     dev = make_runtime(cfg, device).device  # LOCAL_RANK's GPU under torchrun
-    if path.exists():
+    if path.exists() and not restart:
         state = _check(utils.load_checkpoint(path), path)
-        if state["config_hash"] != want:
-            print(f"{path.name}: config changed since it was trained (hash); training again")
-            ddp.barrier()  # every rank has read it before rank 0 removes it
-            if ddp.env_rank() == 0:
-                path.unlink()
-        elif state["epoch"] >= epochs:
+        check_checkpoint(state, cfg, phase, path)
+        if state["epoch"] >= epochs:
             model, _ = load_model(path, dev)
             print(f"loaded {phase} checkpoint {path} (epoch {state['epoch']})")
             return model, state["history"]
-        else:
-            print(f"resuming {phase} from {path} at epoch {state['epoch']}")
+        print(f"resuming {phase} from {path} at epoch {state['epoch']} of {epochs}")
     if phase in ("pretrain", "oracle"):
-        return pretrain(cfg, dev, path, use_target_labels=phase == "oracle", progress=progress)
+        return pretrain(
+            cfg, dev, path, use_target_labels=phase == "oracle", progress=progress, restart=restart
+        )
     if pretrained is None:
-        pretrained, _ = train_or_load(cfg, "pretrain", device=dev, out=out, progress=progress)
-    return adapt(cfg, pretrained, dev, path, progress=progress)
+        try:
+            pretrained, _ = train_or_load(cfg, "pretrain", device=dev, out=out, progress=progress)
+        except CheckpointMismatch:
+            if not restart:
+                raise
+            pretrained, _ = train_or_load(
+                cfg, "pretrain", device=dev, out=out, progress=progress, restart=True
+            )
+    return adapt(cfg, pretrained, dev, path, progress=progress, restart=restart)

@@ -61,3 +61,28 @@ def test_missing_real_data_is_one_line(tmp_path):
 def test_unknown_subcommand_exits_nonzero():
     res = run("fly")
     assert res.returncode != 0 and "invalid choice" in res.stderr
+
+
+def test_evaluate_honours_data_overrides_refuses_the_rest_and_names_the_checkpoints_preset(
+    tmp_path, capsys
+):
+    from paulkit import config as C
+    from paulkit import train
+
+    cfg = C.override(
+        C.get_preset("tutorial"),
+        "data.limit_train=32",
+        "model.small_width=4",
+        "pretrain.epochs=1",
+        "pretrain.batch_size=16",
+    )
+    ck = tmp_path / "pre.pt"
+    train.pretrain(cfg, "cpu", ck, progress=False)
+    base = ["evaluate", "--preset", "synth_small", "--checkpoint", str(ck), "--quiet"]
+    assert cli.main([*base, "--set", "model.arch=resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.arch" in err and "data.root" in err and len(err.splitlines()) == 1
+    assert cli.main([*base, "--set", "data.num_workers=1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "preset tutorial" in out and "synth_small" not in out and "rank-1" in out
+    assert "target: synthetic target (preset tiny, data seed 0)" in out

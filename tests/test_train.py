@@ -141,10 +141,12 @@ def test_train_or_load_reuses_only_matching_checkpoints(tmp_path, capsys):
     m2, _ = train.train_or_load(cfg, "pretrain", device="cpu", out=tmp_path, progress=False)
     assert "loaded pretrain checkpoint" in capsys.readouterr().out
     assert same_weights(m1, m2)
-    # same name and seed, other settings: trained again and the reason said
+    # same name and seed, other settings: refused, the key named, the file kept as it was
     cfg2 = C.override(cfg, "pretrain.triplet_weight=0.5")
-    train.train_or_load(cfg2, "pretrain", device="cpu", out=tmp_path, progress=False)
-    assert "config changed" in capsys.readouterr().out
+    before = path.read_bytes()
+    with pytest.raises(train.CheckpointMismatch, match="pretrain.triplet_weight"):
+        train.train_or_load(cfg2, "pretrain", device="cpu", out=tmp_path, progress=False)
+    assert path.read_bytes() == before
 
 
 def test_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):
@@ -152,8 +154,9 @@ def test_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):
     path = train.checkpoint_path(cfg, "pretrain", out=tmp_path)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(train.utils.CheckpointError, match="truncated, corrupt"):
+    with pytest.raises(train.utils.CheckpointError, match="truncated, corrupt") as err:
         train.train_or_load(cfg, "pretrain", device="cpu", out=tmp_path, progress=False)
+    assert "weights_only" not in str(err.value) and len(str(err.value).splitlines()) == 1
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(train.utils.CheckpointError, match="not a paulkit checkpoint"):
         train.load_model(path)
