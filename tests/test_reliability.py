@@ -5,6 +5,7 @@ and a config that cannot train is refused before any work."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
 import subprocess
@@ -294,3 +295,88 @@ def test_bad_device_and_diverging_run_are_one_line(tmp_path, capsys):
     assert cli.main([*args, "--set", "pretrain.lr_new=1e30"]) == 2
     err = capsys.readouterr().err.strip()
     assert "the loss became" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- 2: which data set
+
+
+def test_market_or_duke_read_as_msmt17_is_refused_by_name(tmp_path, capsys):
+    from paulkit.data import MSMT17, DatasetError, DukeMTMCreID, Market1501
+    from tests.test_datasets import make_duke, make_market
+
+    market = make_market(tmp_path / "Market-1501")
+    with pytest.raises(DatasetError, match="looks like Market-1501") as err:
+        MSMT17(market)
+    assert "market1501" in str(err.value) and len(str(err.value).splitlines()) == 1
+    duke = make_duke(tmp_path / "DukeMTMC-reID")
+    with pytest.raises(DatasetError, match="looks like DukeMTMC-reID"):
+        MSMT17(duke)
+    # the CLI: one line, before any training
+    args = ["pretrain", "--preset", "tutorial", "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli.main([*args, "--set", "data.source=msmt17", "--data", str(market)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "looks like Market-1501" in err and len(err.splitlines()) == 1
+    # the readers of the other two sets point the right way too
+    with pytest.raises(DatasetError, match="looks like Market-1501"):
+        DukeMTMCreID(market)
+    with pytest.raises(DatasetError, match="looks like DukeMTMC-reID"):
+        Market1501(duke)
+
+
+def test_an_msmt17_list_line_naming_a_missing_image_names_the_list_and_the_line(tmp_path):
+    from paulkit.data import MSMT17, DatasetError, load_image
+    from tests.test_datasets import make_msmt
+
+    root = make_msmt(tmp_path / "MSMT17_V1")
+    missing = root / "train" / "0000" / "0000_001_05_0303noon_0020_1.jpg"
+    missing.unlink()
+    ds = MSMT17(root)
+    with pytest.raises(DatasetError, match=r"list_train.txt line 2, does not exist"):
+        load_image(missing)
+    assert any(r.path == str(missing) for r in ds.train)
+    (root / "train" / "0000" / "0000_000_01_0303morning_0015_0.jpg").unlink()
+    with pytest.raises(DatasetError, match="list_train.txt line 1 names"):
+        MSMT17(root)
+
+
+def test_every_command_says_which_folders_it_read(tmp_path, capsys):
+    from tests.test_datasets import make_market
+
+    make_market(tmp_path / "data" / "Market-1501")
+    args = ["adapt", "--preset", "tutorial", "--out", str(tmp_path / "out"), "--quiet"]
+    args += ["--data", str(tmp_path / "data"), "--set", "data.target=market1501"]
+    args += ["--set", "adapt.epochs=0"]  # refused up front: nothing read
+    assert cli.main(args) == 2
+    assert "read from" not in capsys.readouterr().out
+    train_cfg = one_epoch(**{"data.target": "market1501", "data.root": str(tmp_path / "data")})
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("paulkit")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        train.target_dataset(train_cfg)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    line = records[0].getMessage()
+    assert "target: Market1501 read from" in line and "Market-1501" in line
+    assert "train 3 images / 2 ids" in line
+
+
+def test_a_corrupt_image_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    """The paper presets read with 8 workers: the worker's traceback must not reach the user."""
+    from tests.test_datasets import make_market
+
+    root = make_market(tmp_path / "data" / "Market-1501")
+    (root / "bounding_box_train" / "0002_c1s1_000451_03.jpg").write_bytes(b"garbage")
+    args = ["pretrain", "--preset", "tutorial", "--out", str(tmp_path / "out"), "--quiet"]
+    args += ["--data", str(tmp_path / "data"), "--set", "data.source=market1501"]
+    args += ["--set", "data.num_workers=1", "--set", "pretrain.epochs=1"]
+    args += ["--set", "model.small_width=4", "--device", "cpu"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "0002_c1s1_000451_03.jpg cannot be read" in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err

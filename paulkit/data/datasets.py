@@ -314,6 +314,33 @@ def _market_like_split(
     return _relabel(records) if relabel else records
 
 
+def _looks_like(folder: Path) -> str | None:
+    """Which data set a Market-style folder's training file names say it is:
+    ``"Market-1501"`` (``PPPP_cCsS_FFFFFF_NN.jpg``, cameras 1-6), ``"DukeMTMC-reID"``
+    (``PPPP_cC_fFFFFFFF.jpg``, cameras 1-8), or None (neither: e.g. an MSMT17 repack, whose
+    names are ``PPPP_cC_NNNN.jpg`` over 15 cameras)."""
+    train = folder / "bounding_box_train"
+    names = [p.name for p in _list_images(train)] if train.is_dir() else []
+    for what, rx, max_cam in (("Market-1501", _MARKET_RE, 6), ("DukeMTMC-reID", _DUKE_RE, 8)):
+        matches = [rx.match(n) for n in names]
+        if names and all(matches) and max(int(m.group(2)) for m in matches) <= max_cam:
+            return what
+    return None
+
+
+def _another_set(folder: Path, what: str, expected: str) -> DatasetError:
+    """The error for a folder of another data set given where ``what`` was expected."""
+    other = _looks_like(folder)
+    key = {"Market-1501": "market1501", "DukeMTMC-reID": "dukemtmcreid"}[other]
+    train = [p.name for p in _list_images(folder / "bounding_box_train")]
+    ids = len({n.split("_")[0] for n in train})
+    return DatasetError(
+        f"{what}: {folder} looks like {other}, not {expected}: its {len(train)} training files "
+        f"are named like {other}'s (e.g. {train[0]}), {ids} identities; point --data (root) at "
+        f"the {what} folder, or use data set {key!r} if you meant {other}"
+    )
+
+
 def _has_market_layout(folder: Path) -> bool:
     return any((folder / d).is_dir() for d in ("bounding_box_train", "bounding_box_test", "query"))
 
@@ -359,7 +386,14 @@ class Market1501(_MarketLayout):
     folder_names = ("Market-1501-v15.09.15", "Market-1501", "market1501", "Market1501")
 
     def _parse(self, name: str) -> tuple[int, int]:
-        return parse_market_name(name)
+        try:
+            return parse_market_name(name)
+        except DatasetError as exc:
+            if _DUKE_RE.match(Path(name).name):
+                raise DatasetError(
+                    f"{exc}; this looks like DukeMTMC-reID (use dukemtmcreid)"
+                ) from None
+            raise
 
 
 class DukeMTMCreID(_MarketLayout):
@@ -372,8 +406,17 @@ class DukeMTMCreID(_MarketLayout):
     folder_names = ("DukeMTMC-reID", "dukemtmc-reid", "DukeMTMC-reid", "dukemtmcreid")
 
     def _parse(self, name: str) -> tuple[int, int]:
-        return parse_duke_name(name)
+        try:
+            return parse_duke_name(name)
+        except DatasetError as exc:
+            if _MARKET_RE.match(Path(name).name):
+                raise DatasetError(f"{exc}; this looks like Market-1501 (use market1501)") from None
+            raise
 
+
+# image path -> "list file line N" for the images named by MSMT17's lists: a missing image
+# then names the line that lists it (load_image)
+_LISTED_IN: dict[str, str] = {}
 
 _MSMT_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
 
@@ -421,6 +464,9 @@ class MSMT17(ReidDataset):
         )
         self.layout = _msmt_layout(folder)
         self.train_lists = train_lists
+        if self.layout == "market" and _looks_like(folder) is not None:
+            # Market-1501 or Duke read as MSMT17 would pretrain on their test labels
+            raise _another_set(folder, "MSMT17", "a Market-style MSMT17 repack (15 cameras)")
         if self.layout == "market":
             parse = _parse_repack_name
             train = _market_like_split(
@@ -482,8 +528,19 @@ class MSMT17(ReidDataset):
                     "'relative/path.jpg identity' (e.g. '0000/0000_000_01_0303morning_0015_0.jpg 0')"
                 )
             rel, pid = parts[0], int(parts[1])
-            _, camid = parse_msmt_name(rel)
-            records.append(ImageRecord(str(folder / image_dir / rel), pid, camid))
+            try:
+                _, camid = parse_msmt_name(rel)
+            except DatasetError as exc:
+                raise DatasetError(f"MSMT17: {path} line {lineno}: {exc}") from None
+            image = folder / image_dir / rel
+            if lineno == 1 and not image.is_file():  # one check per list: a wrong image folder
+                raise DatasetError(
+                    f"MSMT17: {path} line {lineno} names {rel}, but {image} does not exist; "
+                    f"the list and the {image_dir}/ folder do not belong together: extract the "
+                    "whole archive again"
+                )
+            _LISTED_IN[str(image)] = f"{path} line {lineno}"
+            records.append(ImageRecord(str(image), pid, camid))
         if not records and not optional:
             raise DatasetError(f"MSMT17: the list file {path} is empty; extract it again")
         return records
@@ -505,6 +562,12 @@ def load_image(path: str | Path) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except FileNotFoundError:
+        listed = _LISTED_IN.get(str(path))
+        if listed is not None:
+            raise DatasetError(
+                f"image {path}, listed in {listed}, does not exist; the list and the image "
+                "folder do not belong together: extract the whole archive again"
+            ) from None
         raise DatasetError(
             f"image {path} does not exist (was the data set moved after it was read?)"
         ) from None
