@@ -365,7 +365,13 @@ def _load_local_weights(path: Path, arch: str) -> dict[str, torch.Tensor]:
             f"weights file {path} does not exist; give the torchvision ImageNet state dict of "
             f"{arch} (e.g. {os.path.basename(_imagenet_url(arch))}), 'imagenet' or None"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # random bytes, a truncated file, pickled objects
+        raise ValueError(
+            f"weights file {path} cannot be read ({type(exc).__name__}); give the torchvision "
+            f"ImageNet state dict of {arch} (a .pth file), 'imagenet' or None"
+        ) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

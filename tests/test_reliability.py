@@ -380,3 +380,14 @@ def test_a_corrupt_image_in_a_loader_worker_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "0002_c1s1_000451_03.jpg cannot be read" in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_bad_model_weights_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "r18.pth"
+    bad.write_bytes(os.urandom(200))
+    args = ["pretrain", "--preset", "tutorial", "--out", str(tmp_path / "out"), "--quiet"]
+    args += ["--set", "model.arch=resnet18", "--set", f"model.weights={bad}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "r18.pth cannot be read" in err and len(err.splitlines()) == 1
+    assert "weights_only" not in err
