@@ -3,7 +3,7 @@
 Times, in one run and interleaved (so that a busy machine slows all three alike):
 
 - ``paulkit``: PatchMemory/ImageMemory updates, ``pedal_loss`` and ``ipfl_loss``, backward;
-- ``loop form``: the loop-form transcription of PAPER.md in tests/reference.py (loops over
+- ``loop form``: the loop-form transcription of docs/paper.md in tests/reference.py (loops over
   patches, images and cycle-ranking candidates, as the official code runs);
 - ``naive``: a straightforward vectorised PEDAL (autograd through distances, masking, two
   log-sum-exps and a top-k), with paulkit's memories and IPFL, for comparison;

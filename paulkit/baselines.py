@@ -1,7 +1,7 @@
 """Baselines without deep learning: colour histograms, optionally colour-normalised.
 
 On identities that are defined by clothing colours, a colour histogram of the person region
-is a strong, training-free baseline (../shared/MEASURED.md, pitfall 3): the trained models
+is a strong, training-free baseline (docs/data.md, "Colour histograms"): the trained models
 must beat it clearly. Two descriptors:
 
 - ``whole``: one joint RGB histogram of the whole box (background and camera cast included).

@@ -60,7 +60,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """PatchNet's shape (PAPER.md "Network: PatchNet")."""
+    """PatchNet's shape (docs/paper.md "Network: PatchNet")."""
 
     arch: str = "resnet50"  # "resnet50" (paper), "resnet18", or "small" (CPU tutorials)
     weights: str | None = None  # None, "imagenet", or a path to a local torchvision state dict
@@ -72,7 +72,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Supervised source pretraining (PAPER.md "Supervised pretraining")."""
+    """Supervised source pretraining (docs/paper.md "Supervised pretraining")."""
 
     epochs: int = 60
     batch_size: int = 48  # true pairs per batch (2 x images)
@@ -94,7 +94,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """Unsupervised PAUL adaptation (PAPER.md "Unsupervised training")."""
+    """Unsupervised PAUL adaptation (docs/paper.md "Unsupervised training")."""
 
     epochs: int = 60
     batch_size: int = 42  # images per batch; each gives num_views views
@@ -181,7 +181,7 @@ PRESETS: dict[str, Config] = {
         pretrain=PretrainConfig(epochs=30, lr_step=20, stn_start=12, stn_stop=20),
         adapt=AdaptConfig(epochs=20, lr_step=15, eval_every=5),
     ),
-    # The paper's settings (PAPER.md), pretrained on MSMT17.
+    # The paper's settings (docs/paper.md), pretrained on MSMT17.
     "paper_market": _paper("paper_market", "market1501", batch=42, scale=15.0),
     "paper_duke": _paper("paper_duke", "dukemtmcreid", batch=40, scale=5.0),
 }

@@ -35,6 +35,7 @@ Taught in: notebooks/06_gpu_training.ipynb.
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -119,7 +120,18 @@ def setup(device: str | torch.device | None = None) -> tuple[torch.device, int, 
             raise ValueError("device='cuda' but CUDA is not available; pass --device cpu")
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        seconds = float(os.environ.get("PAULKIT_DDP_TIMEOUT", "600"))
+        try:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=seconds))
+        except (RuntimeError, dist.DistStoreError) as exc:  # the peers never came
+            world = os.environ.get("WORLD_SIZE", "?")
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise RuntimeError(
+                f"rank {os.environ.get('RANK', '?')} of {world}: the other processes did not "
+                f"join at {where} within {seconds:.0f} s ({type(exc).__name__}); start every "
+                "rank (torchrun --nproc_per_node=N starts them together) or raise "
+                "PAULKIT_DDP_TIMEOUT"
+            ) from None
     return dev, dist.get_rank(), dist.get_world_size()
 
 

@@ -1,6 +1,6 @@
 """Evaluation: person re-identification measured as retrieval (CMC, mAP, mINP).
 
-Each query image ranks the gallery by distance. The Market-1501 protocol (PAPER.md
+Each query image ranks the gallery by distance. The Market-1501 protocol (docs/paper.md
 "Evaluation") then, for every query,
 
 - ignores gallery images of the *same identity seen by the same camera* (finding the same
@@ -395,7 +395,7 @@ def evaluate(
     Shape:
         distmat (Q, G); q_pids, q_camids (Q,); g_pids, g_camids (G,).
 
-    Paper: PAPER.md "Evaluation". Taught in: notebooks/07_evaluation.ipynb.
+    Paper: docs/paper.md "Evaluation". Taught in: notebooks/07_evaluation.ipynb.
     """
     _check_max_rank(max_rank)
     d = _tensor(distmat, "distmat")
@@ -440,7 +440,7 @@ def evaluate_rank(
     Shape:
         distmat (Q, G); q_pids, q_camids (Q,); g_pids, g_camids (G,); cmc (max_rank,).
 
-    Paper: PAPER.md "Evaluation". Taught in: notebooks/07_evaluation.ipynb.
+    Paper: docs/paper.md "Evaluation". Taught in: notebooks/07_evaluation.ipynb.
     """
     if ap not in ("step", "trapezoid"):
         raise ValueError(f"ap must be 'step' or 'trapezoid', got {ap!r}")
@@ -511,7 +511,7 @@ def compute_distmat(
     Shape:
         qf (Q, D), gf (G, D) -> (Q, G).
 
-    Paper: PAPER.md "Evaluation" (cosine distance). Taught in: notebooks/07_evaluation.ipynb.
+    Paper: docs/paper.md "Evaluation" (cosine distance). Taught in: notebooks/07_evaluation.ipynb.
     """
     Q, G, chunks = _distance_chunks(qf, gf, metric, chunk_size)
     out = None
@@ -542,7 +542,7 @@ def evaluate_features(
     Shape:
         qf (Q, D), gf (G, D); q_pids, q_camids (Q,); g_pids, g_camids (G,).
 
-    Paper: PAPER.md "Evaluation". Taught in: notebooks/07_evaluation.ipynb.
+    Paper: docs/paper.md "Evaluation". Taught in: notebooks/07_evaluation.ipynb.
     """
     _check_max_rank(max_rank)
     Q, G, chunks = _distance_chunks(qf, gf, metric, chunk_size)
@@ -613,7 +613,7 @@ def extract_features(
     Shape:
         img (B, C, H, W) -> feats (N, F); for PatchNet F = P * D (1536 in the paper).
 
-    Paper: PAPER.md "Evaluation" (test descriptor). Taught in: notebooks/07_evaluation.ipynb.
+    Paper: docs/paper.md "Evaluation" (test descriptor). Taught in: notebooks/07_evaluation.ipynb.
     """
     if not hasattr(model, "descriptor"):
         raise ValueError(

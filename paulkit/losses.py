@@ -1,4 +1,4 @@
-"""PAUL's losses as pure functions of tensors (PAPER.md "Supervised pretraining" and
+"""PAUL's losses as pure functions of tensors (docs/paper.md "Supervised pretraining" and
 "Unsupervised training").
 
 - :func:`pedal_loss`: PEDAL, the patch-based discriminative feature learning loss: each
@@ -36,6 +36,8 @@ def _check_pedal(
 ) -> None:
     if patch_feats.dim() != 3:
         raise ValueError(f"patch_feats must be (B, P, D), got shape {tuple(patch_feats.shape)}")
+    if patch_feats.shape[0] == 0:
+        raise ValueError("patch_feats is an empty batch (B = 0): PEDAL needs at least one image")
     if bank.dim() != 3 or bank.shape[1:] != patch_feats.shape[1:]:
         raise ValueError(
             f"bank must be (N, P, D) with P, D = {tuple(patch_feats.shape[1:])} like "
@@ -124,7 +126,7 @@ def pedal_loss(
 
         L(i, p) = log sum_{j != i} exp(-s d_j) - log sum_{j in S} exp(-s d_j)
 
-    averaged over images and patches (PAPER.md "PEDAL"). Computed stably (a softmax, never a
+    averaged over images and patches (docs/paper.md "PEDAL"). Computed stably (a softmax, never a
     raw exponential) and with a fused backward; the bank gets no gradient.
 
     Args:
@@ -142,6 +144,9 @@ def pedal_loss(
         - index: (B,)
         - bank_sq_norms: (N, P)
         - output: scalar
+
+    Non-finite features give a non-finite loss (no check here: it would synchronise the GPU
+    every step); training stops at the first non-finite loss with one line.
 
     Taught in: notebooks/03_pedal_loss.ipynb.
     """
@@ -190,7 +195,7 @@ def ipfl_loss(
     *trusted* as another person when c_b is not among the ``nearest`` centres closest to c_j
     (the list includes c_j itself): cycle ranking. The first trusted candidate gives
     d_neg = ||x - c_j||. Loss per view: max(0, margin + d_pos - d_neg), averaged over the
-    B*num views (PAPER.md "IPFL").
+    B*num views (docs/paper.md "IPFL").
 
     Args:
         views: the image-level features of the batch views, image-major (view v of image b

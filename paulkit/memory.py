@@ -1,6 +1,6 @@
 """PAUL's two memories: one slot per training image, updated by momentum, never by gradients.
 
-PAPER.md "Unsupervised training". The :class:`PatchMemory` holds every training image's P
+docs/paper.md "Unsupervised training". The :class:`PatchMemory` holds every training image's P
 patch features (PEDAL compares the batch's patches with all of them); the
 :class:`ImageMemory` holds one centre per image, the running mean of its image-level
 features (IPFL's references). Both are indexed by the data set index of the image, fill a

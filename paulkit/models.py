@@ -1,6 +1,6 @@
 """PatchNet: a backbone, a spatial-transformer patch generator and per-patch features.
 
-PAPER.md "Network: PatchNet". A ResNet-50 with its last stride set to 1 (or, for CPU
+docs/paper.md "Network: PatchNet". A ResNet-50 with its last stride set to 1 (or, for CPU
 tutorials, a small stripe network) gives a feature map; the patch generator predicts one
 affine matrix theta per patch (six full-width horizontal stripes at initialisation); each
 theta samples the map (``affine_grid`` + ``grid_sample``, ``align_corners=True``), the sampled
@@ -79,7 +79,7 @@ def stripe_thetas(num_patches: int = 6) -> torch.Tensor:
     """The affine matrices of ``num_patches`` full-width horizontal stripes.
 
     theta_i = [[1, 0, 0], [0, 1/P, t_i]] with t_i = -1 + (2i + 1)/P: for P = 6,
-    t = -5/6, -3/6, -1/6, 1/6, 3/6, 5/6 (PAPER.md, the patch generator's initial bias).
+    t = -5/6, -3/6, -1/6, 1/6, 3/6, 5/6 (docs/paper.md, the patch generator's initial bias).
 
     Shape:
         (P, 2, 3).
@@ -205,7 +205,7 @@ def pool_patches(feature_map: torch.Tensor, thetas: torch.Tensor) -> torch.Tenso
 
 
 class PatchGenerator(nn.Module):
-    """The spatial transformer that predicts one affine matrix per patch (PAPER.md).
+    """The spatial transformer that predicts one affine matrix per patch (docs/paper.md).
 
     conv 3x3 (C -> ``hidden_channels``, no padding) -> BN -> ReLU -> max-pool 3/2 (padding
     1) -> global average pool -> FC -> ReLU -> FC -> P x (2 x 3). The last FC starts with
@@ -392,7 +392,7 @@ def resnet_backbone(
     """A torchvision ResNet trunk (no pooling, no fc) and its output channels.
 
     ``last_stride=1`` sets the stride of layer4's first block to 1 (its strided conv and its
-    downsample): the map of a 384x128 input grows from 12x4 to 24x8 (PAPER.md).
+    downsample): the map of a 384x128 input grows from 12x4 to 24x8 (docs/paper.md).
 
     Args:
         arch: ``"resnet50"`` or ``"resnet18"``.
@@ -470,7 +470,7 @@ def small_backbone(width: int = 32) -> tuple[nn.Sequential, int]:
 
 
 class PatchNet(nn.Module):
-    """PAUL's network: backbone -> patch generator -> P patch features (PAPER.md).
+    """PAUL's network: backbone -> patch generator -> P patch features (docs/paper.md).
 
     ``PatchNet()`` is the paper's unsupervised-stage network: ResNet-50 with last stride 1,
     6 patches, 256-d patch features, no classifier, no download (``weights=None``).
@@ -614,7 +614,7 @@ class PatchNet(nn.Module):
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """The retrieval descriptor: the P normalised patch features concatenated.
 
-        Compare descriptors with cosine distance (PAPER.md "Evaluation").
+        Compare descriptors with cosine distance (docs/paper.md "Evaluation").
         Shape: (B, 3, H, W) -> (B, P*D).
         """
         return self._patch_features(x)[1].flatten(1)

@@ -302,7 +302,7 @@ def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
 
 
 def pretrain_lrs(p: C.PretrainConfig, epoch: int) -> dict[str, float]:
-    """PAPER.md's per-group schedule for pretraining epoch ``epoch`` (0-based)."""
+    """docs/paper.md's per-group schedule for pretraining epoch ``epoch`` (0-based)."""
     decay = 0.1 if epoch >= p.lr_step else 1.0
     return {
         "new": p.lr_new * decay,
@@ -388,7 +388,7 @@ def pretrain(
     stop_after: int | None = None,
     restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Supervised pretraining (PAPER.md "Supervised pretraining").
+    """Supervised pretraining (docs/paper.md "Supervised pretraining").
 
     Args:
         cfg: the run's config (``cfg.pretrain`` and ``cfg.data.source``).
@@ -581,7 +581,7 @@ def clean_target_loader(cfg: C.Config, rt: Runtime | None = None) -> DataLoader:
 
 
 def _adapt_optimizer(model: nn.Module, a: C.AdaptConfig) -> torch.optim.Optimizer:
-    # The patch generator is frozen and the embedding weights are not updated (PAPER.md):
+    # The patch generator is frozen and the embedding weights are not updated (docs/paper.md):
     # both are left out of the optimiser.
     groups = model.param_groups()
     params = list(groups["backbone"]) + list(groups["new"])
@@ -652,7 +652,7 @@ def adapt_epoch(
     desc: str = "adapt",
 ) -> dict[str, float]:
     """One epoch of PAUL: update both memories from the batch, then
-    ``pedal_weight`` x PEDAL + ``ipfl_weight`` x IPFL (PAPER.md "Unsupervised training")."""
+    ``pedal_weight`` x PEDAL + ``ipfl_weight`` x IPFL (docs/paper.md "Unsupervised training")."""
     model.train()
     num = a.num_views
     sums = {"loss": 0.0, "pedal": 0.0, "ipfl": 0.0}
@@ -666,7 +666,7 @@ def adapt_epoch(
             out = model(x)
         feats, emb = out.patch_feats.float(), out.embedding.float()
         first = feats.view(b, num, *feats.shape[1:])[:, 0]
-        # Memories first, before the loss (PAPER.md); with several processes `gather`
+        # Memories first, before the loss (docs/paper.md); with several processes `gather`
         # brings every process's batch so that all memories apply the same update.
         every_index = rt.gather(index)
         patch_memory.update(every_index, rt.gather(first.detach()))

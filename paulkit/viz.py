@@ -450,7 +450,7 @@ def patch_boxes(
     Shape:
         thetas (P, 2, 3) -> (P, 4).
 
-    Paper: PAPER.md "Network: PatchNet". Taught in: notebooks/08_patch_explorer.ipynb.
+    Paper: docs/paper.md "Network: PatchNet". Taught in: notebooks/08_patch_explorer.ipynb.
     """
     t = torch.as_tensor(np.asarray(thetas) if not isinstance(thetas, torch.Tensor) else thetas)
     if t.dim() != 3 or tuple(t.shape[1:]) != (2, 3):

@@ -14,7 +14,7 @@ Two layers:
   callbacks (:meth:`PatchExplorer.set_query`, ``set_patch``, ``set_model``, ``set_gallery``,
   ``set_filter``) are plain methods: tests call them without a browser.
 
-Paper: PAPER.md "Network: PatchNet" (patches), "PEDAL" (the memory's neighbours),
+Paper: docs/paper.md "Network: PatchNet" (patches), "PEDAL" (the memory's neighbours),
 "Evaluation" (the descriptor). Taught in: notebooks/08_patch_explorer.ipynb.
 """
 
@@ -81,7 +81,7 @@ def patch_neighbours(
     """For each patch of one image, the K nearest slots of that patch in the patch memory.
 
     Nearest as PEDAL measures it: the squared Euclidean distance
-    ``d_j = ||f_p - M[j, p]||^2`` to slot j of the same patch p (PAPER.md "PEDAL"), so these
+    ``d_j = ||f_p - M[j, p]||^2`` to slot j of the same patch p (docs/paper.md "PEDAL"), so these
     are the patches PEDAL pulls ``f_p`` towards. Ties go to the lower slot index. The cosine
     similarity of each neighbour is returned too (memory slots are moving averages and not
     exactly of unit norm, so the two orders can differ slightly; the distance decides).
@@ -132,7 +132,7 @@ def patch_similarity(query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> 
     """The patch-to-patch cosine similarity matrix of two images.
 
     Entry (i, j) compares the query's patch i with the gallery image's patch j. The retrieval
-    descriptor (PAPER.md "Evaluation") only ever compares patch i with patch i: its cosine
+    descriptor (docs/paper.md "Evaluation") only ever compares patch i with patch i: its cosine
     similarity is the mean of this matrix's diagonal (:func:`match_contributions`); the
     off-diagonal entries show whether another patch would have matched better (misaligned
     patches).

@@ -1,4 +1,4 @@
-"""Loop-form transcriptions of PAPER.md, kept as the reference for paulkit's vectorised code.
+"""Loop-form transcriptions of docs/paper.md, kept as the reference for paulkit's vectorised code.
 
 Written to be obviously right, not fast: loops over patches, samples and candidates as the
 equations (and the official PAUL code) read. tests/test_losses.py and tests/test_memory.py
@@ -35,7 +35,7 @@ def image_memory_update_loop(centers, seen, index, embeddings, num, momentum):
 
 
 def pedal_loop(patch_feats, bank, index, scale=15.0, k=10):
-    """PEDAL as PAPER.md writes it: per patch, per image, over every slot but its own."""
+    """PEDAL as docs/paper.md writes it: per patch, per image, over every slot but its own."""
     bsz, num_patches, _ = patch_feats.shape
     total = 0.0
     for p in range(num_patches):

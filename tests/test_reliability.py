@@ -391,3 +391,44 @@ def test_a_bad_model_weights_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "r18.pth cannot be read" in err and len(err.splitlines()) == 1
     assert "weights_only" not in err
+
+
+def test_a_rank_started_without_its_peers_stops_with_one_line(tmp_path):
+    """WORLD_SIZE=2 but only rank 0 starts: it waits PAULKIT_DDP_TIMEOUT seconds, then says
+    that the other processes never joined (instead of hanging silently)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        PAULKIT_DDP_TIMEOUT="3",
+    )
+    code = "from paulkit import distributed as d; d.setup('cpu')"
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode != 0
+    assert "the other processes did not join at 127.0.0.1" in run.stderr
+    assert "PAULKIT_DDP_TIMEOUT" in run.stderr
+
+
+def test_losses_refuse_an_empty_batch_and_document_nan():
+    from paulkit import losses as L
+
+    bank = torch.nn.functional.normalize(torch.randn(5, 2, 4), dim=-1)
+    with pytest.raises(ValueError, match="empty"):
+        L.pedal_loss(torch.zeros(0, 2, 4), bank, torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="no image"):
+        L.ipfl_loss(torch.zeros(0, 4), torch.zeros(0, 4))
+    # NaN in, NaN out (documented): training stops at the first non-finite loss in one line
+    feats = torch.full((1, 2, 4), float("nan"))
+    assert torch.isnan(L.pedal_loss(feats, bank, torch.tensor([0]), 15.0, 3))

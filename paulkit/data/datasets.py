@@ -12,7 +12,7 @@ Camera ids count from 0 (file name ``c1`` is ``camid`` 0). Anything unexpected (
 folder, a wrong layout, a file name that does not parse, an empty split, an unreadable image)
 raises :class:`DatasetError` with the path, what was expected and how to fix it.
 
-Paper: PAPER.md "Data set layouts" and "Evaluation" (Market-1501 protocol).
+Paper: docs/paper.md "Data set layouts" and "Evaluation" (Market-1501 protocol).
 
 Taught in: notebooks/01_data_loading.ipynb.
 """
@@ -690,13 +690,13 @@ class MultiViewDataset(Dataset):
     """Unlabelled multi-view samples for PAUL: item ``(views, index)``; never the pid.
 
     View 0 is ``transform(img)``; views ``1 .. num-1`` are ``pair_transform(img)``, the
-    pseudo pairs of PAPER.md (colour jitter, rotation, crop, see
+    pseudo pairs of docs/paper.md (colour jitter, rotation, crop, see
     :func:`paulkit.data.transforms.pseudo_pair_transform`).
 
     Shape:
         views: (num, C, H, W); index: the image's position in ``records`` (its memory slot).
 
-    Paper: PAPER.md "Unsupervised training" (``num = 2`` views per image).
+    Paper: docs/paper.md "Unsupervised training" (``num = 2`` views per image).
 
     Taught in: notebooks/01_data_loading.ipynb, notebooks/04_ipfl_loss.ipynb.
     """

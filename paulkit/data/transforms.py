@@ -3,7 +3,7 @@
 All three take a PIL image (or a uint8 tensor image) and return a float tensor (3, H, W)
 normalised with the ImageNet mean and standard deviation.
 
-Paper: PAPER.md "Supervised pretraining" (flip, resize, normalise) and "Unsupervised
+Paper: docs/paper.md "Supervised pretraining" (flip, resize, normalise) and "Unsupervised
 training" (the pseudo pair: colour jitter 0.2/0.2/0.2/0.1, rotation up to 10 degrees, a
 random crop keeping 70-95% of the area).
 
@@ -89,7 +89,7 @@ def _finish(height: int, width: int) -> list:
 def train_transform(height: int, width: int, flip: bool = True) -> v2.Compose:
     """Training transform: random horizontal flip, resize to (height, width), normalise.
 
-    Paper: PAPER.md "Supervised pretraining" (384x128 in the paper presets; 64x32 on a CPU).
+    Paper: docs/paper.md "Supervised pretraining" (384x128 in the paper presets; 64x32 on a CPU).
 
     Shape:
         output (3, height, width), float32.
@@ -126,7 +126,7 @@ def pseudo_pair_transform(
     random horizontal flip, resize to (height, width), ImageNet normalisation - the order of
     the official code.
 
-    Paper: PAPER.md "Unsupervised training".
+    Paper: docs/paper.md "Unsupervised training".
 
     Shape:
         output (3, height, width), float32.
