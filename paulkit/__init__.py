@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from paulkit import (  # noqa: E402,F401
     baselines,
+    cluster,
     config,
     data,
     evaluation,

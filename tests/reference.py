@@ -99,3 +99,59 @@ def patch_cross_entropy_loop(logits, pids):
     for p in range(logits.shape[1]):
         total = total + torch.nn.functional.cross_entropy(logits[:, p], pids)
     return total
+
+
+def _k_reciprocal_loop(rank, i, k):
+    """The images among i's first k ranked whose own first k include i (rank order kept)."""
+    return [j for j in rank[i][:k] if i in rank[j][:k]]
+
+
+def jaccard_distance_loop(features, k1=30, k2=6):
+    """Cluster Contrast's k-reciprocal Jaccard distance, one image and one neighbour a time.
+
+    The authors' compute_jaccard_distance (Zhong et al. CVPR 2017 re-ranking as
+    alibaba/cluster-contrast-reid runs it), with its nearest-neighbour search written as a
+    stable sort: ties in similarity go to the lower index. Returns an (N, N) float32 tensor.
+    """
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    n = f.shape[0]
+    sim = f @ f.t()
+    # the search returns k1 neighbours (the image itself among them), nearest first
+    rank = [torch.sort(-sim[i], stable=True).indices[:k1].tolist() for i in range(n)]
+    k_half = int(round(k1 / 2)) + 1  # Python's round halves to even, as np.around does
+    r_full = [_k_reciprocal_loop(rank, i, k1) for i in range(n)]
+    r_half = [_k_reciprocal_loop(rank, i, k_half) for i in range(n)]
+
+    v = torch.zeros(n, n)
+    for i in range(n):
+        expansion = list(r_full[i])
+        for c in r_full[i]:
+            overlap = len(set(r_half[c]) & set(r_full[i]))
+            if overlap > 2 / 3 * len(r_half[c]):
+                expansion += r_half[c]
+        expansion = sorted(set(expansion))
+        d = 2 - 2 * (f[i][None, :] @ f[expansion].t())[0]  # squared Euclidean, unit features
+        weights = torch.exp(-d)
+        v[i, expansion] = weights / weights.sum()
+
+    if k2 != 1:  # local query expansion over the k2 nearest (the image itself included)
+        v_qe = torch.zeros(n, n)
+        for i in range(n):
+            v_qe[i] = v[rank[i][:k2]].mean(0)
+        v = v_qe
+
+    dist = torch.zeros(n, n)
+    for i in range(n):
+        for j in range(n):
+            inter = float(torch.minimum(v[i], v[j]).sum())  # sum over shared neighbours
+            dist[i, j] = 1 - inter / (2 - inter)  # rows sum to 1: sum(max) = 2 - sum(min)
+    return dist.clamp(min=0.0)
+
+
+def cluster_memory_update_loop(centroids, features, labels, momentum):
+    """Cluster Contrast's memory update as the authors' backward runs it, one feature a time:
+    c <- m c + (1 - m) f, then c <- c / ||c|| (f L2-normalised first); in place."""
+    f = torch.nn.functional.normalize(features, dim=1)
+    for x, y in zip(f, labels.tolist()):
+        centroids[y] = momentum * centroids[y] + (1 - momentum) * x
+        centroids[y] = centroids[y] / centroids[y].norm()

@@ -1,0 +1,516 @@
+"""Cluster Contrast: pseudo-labels by clustering, a memory of cluster centroids, one loss.
+
+Where unsupervised re-id went after PAUL. Cluster Contrast (Dai et al., "Cluster Contrast
+for Unsupervised Person Re-Identification", ACCV 2022; code alibaba/cluster-contrast-reid)
+repeats, once per epoch:
+
+1. extract the L2-normalised features of every training image (no labels);
+2. :func:`jaccard_distance`: the k-reciprocal Jaccard distance of Zhong et al.,
+   "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017, as the
+   authors' ``compute_jaccard_distance`` computes it (k1 = 30, k2 = 6);
+3. :func:`cluster_labels`: DBSCAN on the precomputed distances (eps 0.6, min_samples 4);
+   outliers get -1 and sit that epoch out;
+4. :class:`ClusterMemory`: one centroid per cluster, the L2-normalised mean feature of its
+   images, moved towards each training feature that hits it, by momentum;
+5. :func:`cluster_contrast_loss`: cross-entropy of each feature against all centroids at
+   temperature 0.05 (InfoNCE with the cluster as the positive).
+
+:func:`pseudo_label_quality` scores the pseudo-labels against hidden identities (NMI, ARI)
+for display only: nothing in training reads it.
+
+scikit-learn (DBSCAN, the scores) is imported inside the functions that use it, so
+``import paulkit`` does not pay for it.
+
+Taught in: notebooks/09_beyond_paul.ipynb (to come).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "jaccard_distance",
+    "cluster_labels",
+    "ClusterMemory",
+    "cluster_contrast_loss",
+    "pseudo_label_quality",
+]
+
+# The default element budget of one block's temporaries in jaccard_distance: 2**22 elements,
+# at most about 40 bytes each (int64 indices + float32 values), so about 170 MB a block.
+DEFAULT_CHUNK = 2**22
+
+
+# --------------------------------------------------------------------------- Jaccard distance
+
+
+def _check_features(features: Any, name: str = "features") -> None:
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)
+        raise ValueError(f"{name} must be an (N, D) tensor, got {shape}")
+    if not features.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floating point, got dtype {features.dtype}")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(features.shape)}")
+    if not torch.isfinite(features).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def _nearest(f: torch.Tensor, k: int, rows_per_block: int) -> torch.Tensor:
+    """(N, k) indices of each image's k most similar images (itself included), nearest first.
+
+    Ties in similarity go to the lower index: the order of a stable sort of each row. topk
+    picks the k; a row whose k-th value is tied with an image left out is sorted in full.
+    """
+    n = f.shape[0]
+    out = torch.empty(n, k, dtype=torch.long, device=f.device)
+    for a in range(0, n, rows_per_block):
+        sim = f[a : a + rows_per_block] @ f.t()  # (C, N)
+        vals, idx = sim.topk(k, dim=1)  # values sorted descending
+        # rows with more images at the k-th similarity than topk kept: exact stable order
+        tied = (sim >= vals[:, -1:]).sum(1) > k
+        # order the chosen k by (similarity desc, index asc)
+        idx, perm = idx.sort(dim=1)
+        order = vals.gather(1, perm).sort(dim=1, descending=True, stable=True).indices
+        idx = idx.gather(1, order)
+        if tied.any():
+            rows = tied.nonzero().squeeze(1)
+            full = sim[rows].sort(dim=1, descending=True, stable=True).indices[:, :k]
+            idx[rows] = full
+        out[a : a + rows_per_block] = idx
+    return out
+
+
+def _reciprocal_mask(rank: torch.Tensor, k: int, rows_per_block: int) -> torch.Tensor:
+    """(N, k) bool: is ``rank[i, a]`` (a < k) k-reciprocal with i (i among its first k)?"""
+    n = rank.shape[0]
+    mask = torch.empty(n, k, dtype=torch.bool, device=rank.device)
+    for a in range(0, n, rows_per_block):
+        fwd = rank[a : a + rows_per_block, :k]  # (C, k)
+        back = rank[:, :k][fwd]  # (C, k, k)
+        me = torch.arange(a, a + fwd.shape[0], device=rank.device).view(-1, 1, 1)
+        mask[a : a + rows_per_block] = (back == me).any(-1)
+    return mask
+
+
+def _segments(ptr: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand CSR-style segments: for each entry of ``which``, every position of its segment.
+
+    Returns ``(owner, pos)``: ``owner[t]`` indexes ``which``, ``pos[t]`` is a position in
+    ``ptr``'s storage, segment ``which[owner[t]]`` in order.
+    """
+    start, counts = ptr[which], ptr[which + 1] - ptr[which]
+    owner = torch.repeat_interleave(torch.arange(which.numel(), device=ptr.device), counts)
+    first = torch.cumsum(counts, 0) - counts  # where each segment starts in the output
+    pos = torch.arange(owner.numel(), device=ptr.device) - first[owner] + start[owner]
+    return owner, pos
+
+
+def _ptr(sorted_keys: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR pointer (n + 1,) of keys sorted ascending in 0..n-1."""
+    ptr = torch.zeros(n + 1, dtype=torch.long, device=sorted_keys.device)
+    ptr[1:] = torch.cumsum(torch.bincount(sorted_keys, minlength=n), 0)
+    return ptr
+
+
+def jaccard_distance(
+    features: torch.Tensor, k1: int = 30, k2: int = 6, chunk: int = DEFAULT_CHUNK
+) -> torch.Tensor:
+    """The k-reciprocal Jaccard distance Cluster Contrast clusters with (Zhong et al. 2017).
+
+    As the authors' ``compute_jaccard_distance`` (alibaba/cluster-contrast-reid,
+    ``clustercontrast/utils/faiss_rerank.py``) computes it, without faiss:
+
+    1. the features are L2-normalised; each image's ``k1`` nearest images (itself included,
+       as their faiss search returns it) by Euclidean distance on the unit sphere, i.e. by
+       cosine similarity; ties go to the lower index (their search leaves ties unspecified).
+       Similarities are float32 products: two equal features can differ by one ulp in
+       another block size or BLAS, so exact duplicates may rank either way, as in faiss;
+    2. R(i): the k-reciprocal neighbours, those of i's k1 nearest that have i among their
+       own k1 nearest; R_half(i) the same with ``round(k1 / 2) + 1`` nearest (16 for
+       k1 = 30: their ``k1/2`` set is sliced with ``:k1/2 + 1``);
+    3. expansion: for each c in R(i), R_half(c) joins when more than 2/3 of it lies in R(i);
+    4. V[i, j] = exp(-d_ij) / sum over the expansion set, with d_ij = 2 - 2 cos(i, j) the
+       *squared* Euclidean distance of the unit features (what their ``softmax(-dist)``
+       reads; not the max-normalised original distance of Zhong et al.'s reranking);
+    5. local query expansion (skipped when k2 = 1, as theirs): V[i] <- the mean of V over
+       i's k2 nearest (itself included);
+    6. d_J(i, j) = 1 - sum_k min(V_ik, V_jk) / sum_k max(V_ik, V_jk), computed as
+       ``1 - s / (2 - s)`` with ``s`` the sum of minima (rows of V sum to 1), clipped at 0.
+
+    Everything is vectorised with torch (``topk``, gathers, ``index_add_``): no Python loop
+    runs over images; loops run over blocks of rows only. V is kept sparse (its rows have a
+    few dozen non-zeros), and the sum of minima joins each row's non-zeros with the column
+    lists of V, as the authors' inverted index does.
+
+    Memory: the dense (N, N) float32 result is the floor: 4.3 GB at MSMT17's N = 32,621
+    (0.67 GB at Market's 12,936). Beyond it, every block's temporaries hold at most about
+    ``chunk`` elements (each at most ~40 bytes: int64 indices and float32 values; the
+    default 2**22 gives ~170 MB), and the sparse V takes ~20 bytes per non-zero (a few
+    hundred MB at N = 32,621). A block is never smaller than one image's row.
+
+    Args:
+        features: the images' features (L2-normalised here; any scale accepted).
+        k1: neighbours of the k-reciprocal sets (30 in the authors' training script).
+        k2: neighbours of the local query expansion (6), at most k1.
+        chunk: element budget of one block's temporaries (see Memory).
+
+    Returns:
+        (N, N) float32 distances in [0, 1] on ``features``' device; 0 on the diagonal.
+
+    Shape:
+        - features: (N, D), N >= k1
+        - output: (N, N)
+
+    Taught in: notebooks/09_beyond_paul.ipynb (to come).
+    """
+    _check_features(features)
+    n = features.shape[0]
+    k1 = _check_int(k1, "k1", 1, n)
+    k2 = _check_int(k2, "k2", 1, k1)
+    chunk = _check_int(chunk, "chunk", 1)
+    dev = features.device
+    f = F.normalize(features.detach().float(), dim=1)
+    k_half = int(np.around(k1 / 2)) + 1  # never above k1
+
+    # 1-2: nearest neighbours and the two k-reciprocal masks over them
+    rank = _nearest(f, k1, max(1, chunk // n))
+    recip = _reciprocal_mask(rank, k1, max(1, chunk // (k1 * k1)))
+    recip_half = _reciprocal_mask(rank, k_half, max(1, chunk // (k_half * k_half)))
+    cand_h = torch.where(recip_half, rank[:, :k_half], n)  # R_half, n where absent
+    size_h = recip_half.sum(1)  # |R_half(c)|
+
+    # 3-4: expansion sets and their weights, as sparse rows (row, col, value)
+    width = k1 + k1 * k_half
+    rows_out, cols_out, vals_out = [], [], []
+    per_block = max(1, chunk // max(k1 * k_half * k1, width * f.shape[1]))
+    for a in range(0, n, per_block):
+        r = torch.where(recip[a : a + per_block], rank[a : a + per_block], n)  # (C, k1)
+        c = r.shape[0]
+        safe = r.clamp(max=n - 1)
+        h = cand_h[safe]  # (C, k1, k_half): R_half of each candidate
+        inside = (h.unsqueeze(-1) == r.view(c, 1, 1, k1)).any(-1) & (h < n)
+        overlap = inside.sum(-1)  # |R_half(c) ∩ R(i)|
+        # "more than 2/3": in integers, 3 |∩| > 2 |R_half| (equal to the float test)
+        accept = (r < n) & (3 * overlap > 2 * size_h[safe])
+        h = torch.where(accept.unsqueeze(-1), h, n)
+        members = torch.cat([r, h.view(c, -1)], 1).sort(dim=1).values  # (C, width)
+        dup = torch.zeros_like(members, dtype=torch.bool)
+        dup[:, 1:] = members[:, 1:] == members[:, :-1]
+        members = torch.where(dup, n, members).sort(dim=1).values
+        valid = members < n
+        m = int(valid.sum(1).max())
+        members, valid = members[:, :m], valid[:, :m]
+        sims = torch.bmm(f[members.clamp(max=n - 1)], f[a : a + c].unsqueeze(-1)).squeeze(-1)
+        logits = torch.where(valid, -(2.0 - 2.0 * sims), float("-inf"))
+        weights = torch.softmax(logits, dim=1)
+        rows_out.append((torch.arange(a, a + c, device=dev).unsqueeze(1).expand(c, m))[valid])
+        cols_out.append(members[valid])
+        vals_out.append(weights[valid])
+    v_row, v_col, v_val = torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
+    del rows_out, cols_out, vals_out, cand_h, recip, recip_half
+
+    # 5: local query expansion, V[i] <- mean of V over rank[i, :k2], summed block by block
+    if k2 != 1:
+        ptr = _ptr(v_row, n)
+        row_len = ptr[1:] - ptr[:-1]
+        # rows per block so that each block's expanded entries stay within the budget
+        cost = row_len[rank[:, :k2]].sum(1)
+        rows_out, cols_out, vals_out = [], [], []
+        for a, b in _blocks(cost, chunk):
+            src = rank[a:b, :k2].reshape(-1)
+            owner, pos = _segments(ptr, src)
+            row = a + owner // k2
+            key = row * n + v_col[pos]
+            uniq, inv = torch.unique(key, return_inverse=True)
+            total = torch.zeros(uniq.numel(), device=dev).index_add_(0, inv, v_val[pos])
+            rows_out.append(uniq // n)
+            cols_out.append(uniq % n)
+            vals_out.append(total / k2)
+        v_row, v_col, v_val = torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
+        del rows_out, cols_out, vals_out
+
+    # 6: sum of minima by joining each row's non-zeros with V's column lists
+    by_col = torch.sort(v_col, stable=True).indices
+    col_ptr = _ptr(v_col[by_col], n)
+    col_rows, col_vals = v_row[by_col], v_val[by_col]
+    col_len = col_ptr[1:] - col_ptr[:-1]
+    row_ptr = _ptr(v_row, n)  # v_row is sorted: rows were produced in order
+    cost = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, v_row, col_len[v_col])
+    out = torch.empty(n, n, device=dev)
+    for a, b in _blocks(cost, chunk, max_rows=max(1, chunk // n)):
+        e = torch.arange(int(row_ptr[a]), int(row_ptr[b]), device=dev)  # row a..b-1 entries
+        owner, pos = _segments(col_ptr, v_col[e])
+        e = e[owner]
+        flat = (v_row[e] - a) * n + col_rows[pos]
+        mins = torch.minimum(v_val[e], col_vals[pos])
+        s = torch.zeros((b - a) * n, device=dev).index_add_(0, flat, mins).view(b - a, n)
+        out[a:b] = (1.0 - s / (2.0 - s)).clamp_(min=0.0)
+    return out
+
+
+def _blocks(cost: torch.Tensor, budget: int, max_rows: int | None = None):
+    """Consecutive row ranges [a, b) whose summed cost stays within budget (>= 1 row each).
+
+    One ``searchsorted`` per block, no loop over rows.
+    """
+    n = cost.numel()
+    cum = torch.cumsum(cost, 0)
+    a = 0
+    while a < n:
+        base = int(cum[a - 1]) if a else 0
+        b = int(torch.searchsorted(cum, base + budget, right=True))
+        b = max(a + 1, min(b, n if max_rows is None else a + max_rows))
+        yield a, b
+        a = b
+
+
+# --------------------------------------------------------------------------- DBSCAN
+
+
+def cluster_labels(dist: torch.Tensor | np.ndarray, eps: float = 0.6, min_samples: int = 4):
+    """Pseudo-labels: DBSCAN on precomputed distances, as the authors' training script runs it.
+
+    ``sklearn.cluster.DBSCAN(eps, min_samples, metric="precomputed")``: an image with at
+    least ``min_samples`` images (itself included) within ``eps`` is a core point; clusters
+    are the core points' connected neighbourhoods; the rest are outliers, labelled -1, and
+    leave training for that epoch. Labels run 0..K-1.
+
+    Args:
+        dist: (N, N) symmetric distances, e.g. :func:`jaccard_distance`'s.
+        eps: neighbourhood radius (0.6, the authors' default for Market-1501 and MSMT17).
+        min_samples: core point size (4).
+
+    Returns:
+        (N,) int64 numpy array of cluster labels, -1 for outliers.
+
+    Shape:
+        - dist: (N, N)
+        - output: (N,)
+    """
+    from sklearn.cluster import DBSCAN
+
+    if isinstance(dist, torch.Tensor):
+        dist = dist.detach().cpu().numpy()
+    dist = np.asarray(dist)
+    if dist.ndim != 2 or dist.shape[0] != dist.shape[1] or dist.shape[0] == 0:
+        raise ValueError(f"dist must be a square (N, N) distance matrix, got {dist.shape}")
+    if not np.isfinite(dist).all() or (dist < 0).any():
+        raise ValueError("dist must hold finite, non-negative distances")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    min_samples = _check_int(min_samples, "min_samples", 1)
+    db = DBSCAN(eps=float(eps), min_samples=min_samples, metric="precomputed")
+    return db.fit_predict(dist).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- memory and loss
+
+
+def _check_labels(labels: Any, n: int, num_clusters: int | None = None) -> torch.Tensor:
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-d tensor or array of cluster ids, got {labels!r}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integers, got dtype {labels.dtype}")
+    if labels.numel() != n:
+        raise ValueError(f"labels has {labels.numel()} entries for {n} feature rows")
+    if num_clusters is not None and n and (labels.min() < 0 or labels.max() >= num_clusters):
+        raise ValueError(
+            f"labels must be cluster ids in 0..{num_clusters - 1}, got "
+            f"{int(labels.min())}..{int(labels.max())} (drop the outliers, -1, before training)"
+        )
+    return labels.long()
+
+
+class ClusterMemory(nn.Module):
+    """One centroid per cluster: the memory Cluster Contrast's loss compares features with.
+
+    Built from the epoch's features and pseudo-labels: centroid k is the L2-normalised mean
+    of cluster k's features (outliers, label -1, are dropped). During training,
+    :meth:`update` moves the centroid of each feature's cluster towards it, one feature at
+    a time in batch order, and re-normalises:
+
+        c <- m * c + (1 - m) * f / ||f||,    c <- c / ||c||
+
+    Note the authors' convention: ``m`` weights the *old* centroid (PatchMemory's momentum
+    weights the new feature). The default m = 0.2 is their training script's (and their
+    ``ClusterMemory``'s) default; the issue's "0.1-0.2" are both theirs (0.1 in some of
+    their README commands). We keep 0.2 so that defaults are the authors' code. With it a
+    centroid mostly follows its latest features; the re-normalisation keeps it on the sphere.
+
+    Call order as theirs: the loss reads the centroids first, the update follows (their
+    update runs in the backward pass): ``loss = cluster_contrast_loss(f, y,
+    memory.centroids); loss.backward(); memory.update(f, y)``.
+
+    Args:
+        features: (N, D) the epoch's features (normalised here).
+        labels: (N,) pseudo-labels, -1 for outliers, clusters 0..K-1 each non-empty.
+        momentum: m above, in [0, 1].
+
+    Attributes:
+        centroids: (K, D) unit rows; a buffer, never seen by an optimiser.
+
+    Shape:
+        - features: (N, D); labels: (N,)
+        - update's features: (B, D); labels: (B,) in 0..K-1
+
+    Taught in: notebooks/09_beyond_paul.ipynb (to come).
+    """
+
+    centroids: torch.Tensor
+
+    def __init__(self, features: torch.Tensor, labels: Any, momentum: float = 0.2) -> None:
+        super().__init__()
+        _check_features(features)
+        labels = _check_labels(labels, features.shape[0]).to(features.device)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        keep = labels >= 0
+        if (labels < -1).any():
+            raise ValueError("labels must be cluster ids >= 0 or -1 for outliers")
+        if not keep.any():
+            raise ValueError("every image is an outlier (-1): there is no cluster to remember")
+        k = int(labels.max()) + 1
+        counts = torch.bincount(labels[keep], minlength=k)
+        if (counts == 0).any():
+            empty = (counts == 0).nonzero().squeeze(1).tolist()[:5]
+            raise ValueError(f"clusters must be numbered 0..K-1 without gaps; empty: {empty}")
+        f = F.normalize(features.detach().float(), dim=1)
+        sums = torch.zeros(k, f.shape[1], device=f.device).index_add_(0, labels[keep], f[keep])
+        self.register_buffer("centroids", F.normalize(sums / counts.unsqueeze(1), dim=1))
+        self.momentum = float(momentum)
+        self.num_clusters, self.dim = k, f.shape[1]
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: Any) -> None:
+        """Momentum-update the hit centroids, feature by feature in batch order.
+
+        Equal to the authors' per-sample loop: a cluster hit several times in the batch is
+        updated once per hit, in order. Vectorised over clusters: the loop runs over the
+        hit number (at most the images per identity of a P x K batch), not over images.
+        """
+        _check_features(features)
+        if features.shape[1] != self.dim:
+            raise ValueError(f"features must be (B, {self.dim}), got {tuple(features.shape)}")
+        labels = _check_labels(labels, features.shape[0], self.num_clusters)
+        labels = labels.to(self.centroids.device)
+        f = F.normalize(features.detach().to(self.centroids.device, torch.float32), dim=1)
+        order = torch.sort(labels, stable=True).indices
+        sorted_labels = labels[order]
+        idx = torch.arange(labels.numel(), device=labels.device)
+        new_group = torch.ones_like(sorted_labels, dtype=torch.bool)
+        new_group[1:] = sorted_labels[1:] != sorted_labels[:-1]
+        group_start = torch.cummax(torch.where(new_group, idx, 0), 0).values
+        hit = torch.empty_like(idx)
+        hit[order] = idx - group_start  # 0 for a cluster's first feature in the batch, ...
+        m = self.momentum
+        for t in range(int(hit.max()) + 1):
+            sel = (hit == t).nonzero().squeeze(1)
+            lab = labels[sel]
+            c = m * self.centroids[lab] + (1.0 - m) * f[sel]
+            self.centroids[lab] = F.normalize(c, dim=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "centroids"
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(self.centroids.shape):
+            raise ValueError(
+                f"the saved cluster memory is {tuple(state_dict[key].shape)} (K, D), this one "
+                f"{tuple(self.centroids.shape)}: build it from the same pseudo-labels"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"num_clusters={self.num_clusters}, dim={self.dim}, momentum={self.momentum}"
+
+
+def cluster_contrast_loss(
+    features: torch.Tensor,
+    labels: Any,
+    centroids: torch.Tensor,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Cluster Contrast's loss: each feature against every centroid, its own the positive.
+
+    ``cross_entropy(normalize(features) @ centroids.T / temperature, labels)``, averaged
+    over the batch. The features are L2-normalised first, as the authors' memory does; the
+    centroids are constants (no gradient reaches them).
+
+    Args:
+        features: the batch's features (with gradient).
+        labels: their pseudo-labels, 0..K-1 (no outliers).
+        centroids: (K, D), e.g. ``ClusterMemory.centroids``.
+        temperature: tau (0.05, the authors' default).
+
+    Returns:
+        Scalar loss.
+
+    Shape:
+        - features: (B, D); labels: (B,); centroids: (K, D)
+    """
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"features must be a non-empty (B, D) tensor, got {features!r:.80}")
+    if not isinstance(centroids, torch.Tensor) or centroids.dim() != 2:
+        raise ValueError("centroids must be a (K, D) tensor")
+    if centroids.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"features are (B, {features.shape[1]}) but centroids (K, {centroids.shape[1]})"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    labels = _check_labels(labels, features.shape[0], centroids.shape[0])
+    logits = F.normalize(features, dim=1) @ centroids.detach().t() / temperature
+    return F.cross_entropy(logits, labels.to(features.device))
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def pseudo_label_quality(labels: Any, true_ids: Any) -> dict[str, float | int]:
+    """How well pseudo-labels recover hidden identities: for display only, never training.
+
+    Each outlier (-1) counts as a cluster of its own (it groups no image with another).
+
+    Returns:
+        ``{"nmi", "ari", "num_clusters", "outlier_share"}``: normalised mutual information
+        and adjusted Rand index (scikit-learn; 1 is perfect), the clusters found, and the
+        share of images left out as outliers.
+
+    Shape:
+        - labels, true_ids: (N,)
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    true_ids = np.asarray(true_ids.cpu() if isinstance(true_ids, torch.Tensor) else true_ids)
+    if labels.ndim != 1 or labels.shape != true_ids.shape or labels.size == 0:
+        raise ValueError(
+            f"labels and true_ids must be 1-d of the same non-zero length, got {labels.shape} "
+            f"and {true_ids.shape}"
+        )
+    labels = labels.astype(np.int64)
+    out = labels < 0
+    k = int(labels.max()) + 1 if (~out).any() else 0
+    singles = labels.copy()
+    singles[out] = k + np.arange(int(out.sum()))  # each outlier its own cluster
+    return {
+        "nmi": float(normalized_mutual_info_score(true_ids, singles)),
+        "ari": float(adjusted_rand_score(true_ids, singles)),
+        "num_clusters": k,
+        "outlier_share": float(out.mean()),
+    }
