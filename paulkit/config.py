@@ -173,7 +173,8 @@ PRESETS: dict[str, Config] = {
         pretrain=PretrainConfig(epochs=10, batch_size=32, lr_step=8, stn_start=5, stn_stop=8),
         adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
     ),
-    # A larger synthetic run for a GPU (ResNet-50 at 256x128, ImageNet weights when present).
+    # A larger synthetic run for a GPU: ResNet-50 at 256x128 from random weights (nothing is
+    # downloaded; --set model.weights=PATH loads a local torchvision state dict).
     "synth_gpu": Config(
         name="synth_gpu",
         data=DataConfig(synth_preset="small", height=256, width=128, num_workers=4),
