@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import random
 import tempfile
@@ -16,6 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+try:  # POSIX; on Windows run folders are not locked (run_lock says so)
+    import fcntl
+except ImportError:  # pragma: no cover - not on the tested platforms
+    fcntl = None
 
 __all__ = [
     "set_seed",
@@ -180,7 +184,7 @@ def run_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
     killed run is simply taken over. Re-entrant within one process. ``enabled=False`` (the
     ranks other than 0 under torchrun) does nothing.
     """
-    if not enabled:
+    if not enabled or fcntl is None:  # no fcntl (Windows): no lock
         yield
         return
     folder = check_writable(folder)
