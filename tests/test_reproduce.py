@@ -115,3 +115,22 @@ def test_evaluate_rows_direct_transfer_and_adabn_for_real(tmp_path):
         assert set(reproduce.METRICS) <= set(r) and all(0 <= r[m] <= 1 for m in reproduce.METRICS)
     assert rows["adabn"] != rows["direct_transfer"]
     assert (tmp_path / "tutorial" / "seed0" / "pretrain.pt").exists()
+
+
+def test_reproduce_run_twice_gives_the_same_numbers(tmp_path):
+    """The same config and seeds give the same table, whether or not progress bars show and
+    whatever ran before (two fresh output folders: everything is trained twice)."""
+    cfg = C.override(
+        C.get_preset("tutorial"),
+        "data.limit_train=64",
+        "model.small_width=8",
+        "pretrain.epochs=1",
+        "pretrain.batch_size=16",
+        "adapt.epochs=1",
+        "adapt.batch_size=16",
+        "adapt.pedal_k=3",
+    )
+    rows = ["direct_transfer", "adabn", "paul", "paul_adabn"]
+    a = reproduce.evaluate_rows(cfg, rows, "cpu", tmp_path / "a", progress=False)
+    b = reproduce.evaluate_rows(cfg, rows, "cpu", tmp_path / "b", progress=True)
+    assert a == b
