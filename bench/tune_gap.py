@@ -30,7 +30,6 @@ import time
 import torch
 
 from paulkit import config as C
-from paulkit import data as D
 from paulkit import reproduce, train
 from paulkit.data import synth
 
@@ -107,13 +106,10 @@ def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> st
         )
         target = train.target_dataset(cfg)
         adabn = train.evaluate_model(
-            reproduce.adabn_model(pre, cfg, rt.device), target, cfg, rt, False
+            reproduce.adabn_model(pre, cfg, rt.device, target=target), target, cfg, rt, False
         )
         model, hist = train.adapt(cfg, copy.deepcopy(pre), rt.device, progress=False)
-        tf = D.transforms.test_transform(cfg.data.height, cfg.data.width)
-        loader = torch.utils.data.DataLoader(
-            D.ImageDataset(train.target_train(cfg, target), tf), batch_size=64
-        )
+        loader = train.clean_target_loader(cfg, rt, target)  # "PAUL + AdaBN"
         train.adapt_batchnorm(model, loader, rt.device, progress=False)
         after = train.evaluate_model(model, target, cfg, rt, False)
         cells = [pct(hist["eval"][0]), pct(adabn), ", ".join(pct(e) for e in hist["eval"][1:])]

@@ -29,6 +29,8 @@ __all__ = [
     "override",
     "config_hash",
     "validate",
+    "MEMORY_INITS",
+    "check_memory_init",
     "config_to_dict",
     "config_from_dict",
     "project_root",
@@ -284,6 +286,17 @@ def override(cfg: Config, *assignments: str) -> Config:
     return cfg
 
 
+MEMORY_INITS = ("train", "eval")  # the memory initialisation pass: official, or eval mode
+
+
+def check_memory_init(value: str) -> None:
+    """One line naming ``adapt.memory_init`` when it is not one of :data:`MEMORY_INITS`."""
+    if value not in MEMORY_INITS:
+        raise ValueError(
+            f"adapt.memory_init={value!r}: choose 'train' (the official pass) or 'eval'"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Refuse, before any data is read or any step is trained, a config that cannot train:
     one ``ValueError`` naming the key (e.g. ``adapt.epochs=0: must be at least 1``).
@@ -328,10 +341,7 @@ def validate(cfg: Config) -> Config:
             raise ValueError(f"{key}={value}: must be a number >= 0")
     if not 0 <= a.memory_momentum <= 1:
         raise ValueError(f"adapt.memory_momentum={a.memory_momentum}: must be within 0..1")
-    if a.memory_init not in ("train", "eval"):
-        raise ValueError(
-            f"adapt.memory_init={a.memory_init!r}: choose 'train' (the official pass) or 'eval'"
-        )
+    check_memory_init(a.memory_init)
     if a.pedal_weight == 0 and a.ipfl_weight == 0:
         raise ValueError("adapt.pedal_weight and adapt.ipfl_weight are both 0: nothing to train")
     return cfg

@@ -77,20 +77,25 @@ LABELS = {
 }
 
 
-def histogram_row(cfg: C.Config) -> dict[str, Any]:
+def histogram_row(cfg: C.Config, target=None) -> dict[str, Any]:
     """The strongest colour-histogram descriptor on the target (best of the variants by mAP,
-    camera means from the target's unlabelled training images; :mod:`paulkit.baselines`)."""
-    target = train.target_dataset(cfg)
+    camera means from the target's unlabelled training images; :mod:`paulkit.baselines`).
+    ``target``: the data set when already read."""
+    target = target if target is not None else train.target_dataset(cfg)
     return baselines.best_histogram(
         target.query, target.gallery, train=train.target_train(cfg, target)
     )
 
 
-def adabn_model(pretrained: torch.nn.Module, cfg: C.Config, device, progress: bool = False):
-    """The direct-transfer model with AdaBN applied on the target's training images."""
+def adabn_model(
+    pretrained: torch.nn.Module, cfg: C.Config, device, progress: bool = False, target=None
+):
+    """The direct-transfer model with AdaBN applied on the target's training images
+    (``target``: the data set when already read)."""
     rt = train.make_runtime(cfg, device)
     model = train.adaptation_model(pretrained, cfg).to(rt.device)
-    return train.adapt_batchnorm(model, train.clean_target_loader(cfg, rt), rt.device, progress)
+    loader = train.clean_target_loader(cfg, rt, target)
+    return train.adapt_batchnorm(model, loader, rt.device, progress)
 
 
 def evaluate_rows(
@@ -114,7 +119,7 @@ def evaluate_rows(
         m = train.adaptation_model(pre, cfg).to(rt.device)
         result["direct_transfer"] = train.evaluate_model(m, target, cfg, rt, progress)
     if "adabn" in rows:
-        m = adabn_model(pre, cfg, rt.device, progress)
+        m = adabn_model(pre, cfg, rt.device, progress, target)
         result["adabn"] = train.evaluate_model(m, target, cfg, rt, progress)
     variants = {
         "paul": cfg,
@@ -139,10 +144,11 @@ def evaluate_rows(
         if row in rows:
             result[row] = train.evaluate_model(m, target, cfg, rt, progress)
         if row == "paul" and "paul_adabn" in rows:  # the same model, BatchNorm re-estimated
-            m = train.adapt_batchnorm(m, train.clean_target_loader(cfg, rt), rt.device, progress)
+            loader = train.clean_target_loader(cfg, rt, target)
+            m = train.adapt_batchnorm(m, loader, rt.device, progress)
             result["paul_adabn"] = train.evaluate_model(m, target, cfg, rt, progress)
     if "histogram" in rows:
-        result["histogram"] = histogram_row(cfg)
+        result["histogram"] = histogram_row(cfg, target)
     if "oracle" in rows:
         o, _ = train.train_or_load(cfg, "oracle", device=rt.device, out=out, progress=progress)
         m = train.adaptation_model(o, cfg).to(rt.device)

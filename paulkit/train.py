@@ -568,12 +568,13 @@ def adapt_batchnorm(
     return model
 
 
-def clean_target_loader(cfg: C.Config, rt: Runtime | None = None) -> DataLoader:
+def clean_target_loader(cfg: C.Config, rt: Runtime | None = None, target=None) -> DataLoader:
     """The target's training images with the test transform (no augmentation, no labels
-    used), in file order: what AdaBN re-estimates the BatchNorm statistics on."""
+    used), in file order: what AdaBN re-estimates the BatchNorm statistics on. ``target``:
+    the data set when the caller has already read it (else it is read here)."""
     rt = rt or make_runtime(cfg)
     tf = D.transforms.test_transform(cfg.data.height, cfg.data.width)
-    records = target_train(cfg, target_dataset(cfg))
+    records = target_train(cfg, target if target is not None else target_dataset(cfg))
     return _eval_loader(D.ImageDataset(records, tf), 2 * cfg.adapt.batch_size, rt, cfg)
 
 
@@ -588,7 +589,7 @@ def _adapt_optimizer(model: nn.Module, a: C.AdaptConfig) -> torch.optim.Optimize
     return torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
 
 
-MEMORY_INITS = ("train", "eval")
+MEMORY_INITS = C.MEMORY_INITS
 
 
 @torch.no_grad()
@@ -612,16 +613,14 @@ def init_memories(
     ablation in docs/results.md.
 
     The image memory starts with no centre: each centre is created on the image's first
-    visit during training as the mean of its views (so its first IPFL pull is zero).
+    visit during training as the mean of its views (so on that visit IPFL pulls the views
+    towards each other with equal and opposite pulls).
     Under torchrun each rank runs its block of every global batch and the features are
     gathered, so every rank fills the same slots; rank 0's BatchNorm statistics are then
     broadcast.
     """
     m, a = cfg.model, cfg.adapt
-    if a.memory_init not in MEMORY_INITS:
-        raise ValueError(
-            f"adapt.memory_init={a.memory_init!r}: choose 'train' (the official pass) or 'eval'"
-        )
+    C.check_memory_init(a.memory_init)
     pm = memory.PatchMemory(len(dataset), m.num_patches, m.patch_dim, a.memory_momentum)
     im = memory.ImageMemory(len(dataset), m.num_patches * m.embed_dim, a.memory_momentum)
     pm, im = pm.to(rt.device), im.to(rt.device)
@@ -797,7 +796,7 @@ def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_e
         stats = ddp.average_stats(stats, rt)
         ddp.broadcast_buffers(model)  # rank 0's BatchNorm statistics on every rank
         if a.final_adabn and epoch + 1 == a.epochs:  # "PAUL + AdaBN" (not in the paper)
-            adapt_batchnorm(model, clean_target_loader(cfg, rt), rt.device, progress)
+            adapt_batchnorm(model, clean_target_loader(cfg, rt, target), rt.device, progress)
         history["epoch"].append(epoch + 1)
         history["lr"].append(lr)
         for k in ("loss", "pedal", "ipfl", "images_per_s"):
