@@ -417,7 +417,7 @@ def _step_times(BS, n, p, d, b, num, e, dev, rounds):
     im = memory.ImageMemory(n, e).to(dev)
     all_idx = torch.arange(n, device=dev)
     pm.update(all_idx, bank)  # the initialisation pass
-    im.update(all_idx, centers, num=1)
+    im.update(all_idx, centers, num_views=1)
     bank_pnd = pm.bank.transpose(0, 1)
     first_pbd = feats.view(b, num, p, d)[:, 0].transpose(0, 1).contiguous()
 
@@ -583,7 +583,7 @@ def part_adaptation(ctx) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from paulkit import memory, train
+    from paulkit import memory, runtime, train
 
     S, dev = ctx.sizes, ctx.device
     n, b, num = S["slots"], S["batch"], S["views"]
@@ -608,7 +608,7 @@ def part_adaptation(ctx) -> dict:
         log(f"adaptation: {mode}")
         try:
             cfg, _ = _cfg(ctx, f"amp={amp}")
-            rt = train.make_runtime(cfg, dev, distributed=False)
+            rt = runtime.make_runtime(cfg, dev, distributed=False)
             a, m = cfg.adapt, cfg.model
             _reset_peak(dev)
             torch.manual_seed(0)
@@ -626,7 +626,7 @@ def part_adaptation(ctx) -> dict:
             all_idx = torch.arange(n, device=dev)  # the initialisation pass, random features
             pf = F.normalize(torch.randn(n, m.num_patches, m.patch_dim, device=dev), dim=-1)
             pm.update(all_idx, pf)
-            im.update(all_idx, torch.randn(n, m.num_patches * m.embed_dim, device=dev), num=1)
+            im.update(all_idx, torch.randn(n, m.num_patches * m.embed_dim, device=dev), num_views=1)
             del pf
             warm = [batches[i % len(batches)] for i in range(S["warmup"])]
             timed = [batches[i % len(batches)] for i in range(S["steps"])]

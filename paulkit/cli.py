@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from paulkit import config, distributed, utils
+from paulkit import config, runtime, utils
 from paulkit.utils import CheckpointError, RunLockError
 
 __all__ = ["main", "build_parser"]
@@ -163,17 +163,18 @@ def _run(args: argparse.Namespace) -> int:
     config.validate(cfg)  # before any data is read or anything trained
     utils.check_writable(args.out if args.out is not None else config.output_root())
     print(f"preset {cfg.name} (config {config.config_hash(cfg)}), seed {cfg.seed}")
+    rt = runtime.make_runtime(cfg, args.device)  # once per command (joins torchrun's group)
     if args.command == "pretrain":
         phase = "oracle" if args.oracle else "pretrain"
         _, hist = train.train_or_load(
-            cfg, phase, device=args.device, out=args.out, progress=progress, restart=args.restart
+            cfg, phase, device=rt, out=args.out, progress=progress, restart=args.restart
         )
         print(f"{phase}: {len(hist['epoch'])} epochs, final loss {hist['loss'][-1]:.4f}")
         print(f"checkpoint: {train.checkpoint_path(cfg, phase, out=args.out)}")
         return 0
     if args.command == "adapt":
         _, hist = train.train_or_load(
-            cfg, "adapt", device=args.device, out=args.out, progress=progress, restart=args.restart
+            cfg, "adapt", device=rt, out=args.out, progress=progress, restart=args.restart
         )
         for row in hist["eval"]:
             print(f"epoch {row['epoch']:3d}: rank-1 {row['rank1']:.3f}  mAP {row['mAP']:.3f}")
@@ -186,13 +187,13 @@ def _run(args: argparse.Namespace) -> int:
         entry = reproduce.reproduce(
             cfg,
             args.seeds,
-            device=args.device,
+            device=rt,
             out=args.out,
             progress=progress,
             command=cmd,
             data_seeds=args.data_seeds,
         )
-        if distributed.env_rank() == 0:  # under torchrun, rank 0 writes
+        if runtime.env_rank() == 0:  # under torchrun, rank 0 writes
             reproduce.write_results(entry, cfg.name, args.docs)
         print(f"wrote {args.docs}/results.md and {args.docs}/results.json")
         return 0
@@ -204,7 +205,7 @@ def _evaluate(args: argparse.Namespace, cfg: config.Config, progress: bool) -> i
 
     keep = _eval_overrides(args)
     path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
-    rt = train.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
+    rt = runtime.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
     model, state = train.load_model(path, rt.device)
     ckcfg = config.override(config.config_from_dict(state["config"]), *keep)
     if args.data is not None:
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    distributed.quiet_other_ranks()  # under torchrun only rank 0 prints
+    runtime.quiet_other_ranks()  # under torchrun only rank 0 prints
     handler = logging.StreamHandler(sys.stdout)  # the data folders read, with their counts
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_Once())
@@ -271,4 +272,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         log.removeHandler(handler)
-        distributed.shutdown()
+        runtime.shutdown()

@@ -372,14 +372,16 @@ def test_pair_dataset_draws_the_partner_as_the_official_code(market):
 
 def test_multiview_dataset(market):
     data = MultiViewDataset(
-        market.train, T.train_transform(16, 8), T.pseudo_pair_transform(16, 8), num=3
+        market.train, T.train_transform(16, 8), T.pseudo_pair_transform(16, 8), num_views=3
     )
     views, index = data[2]
     assert views.shape == (3, 3, 16, 8) and index == 2
     with pytest.raises(ValueError, match="same"):
         MultiViewDataset(market.train, T.test_transform(16, 8), T.test_transform(8, 8))[0]
-    with pytest.raises(ValueError, match="num=0"):
-        MultiViewDataset(market.train, T.test_transform(16, 8), T.test_transform(16, 8), num=0)
+    with pytest.raises(ValueError, match="num_views=0"):
+        MultiViewDataset(
+            market.train, T.test_transform(16, 8), T.test_transform(16, 8), num_views=0
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])

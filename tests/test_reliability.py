@@ -412,7 +412,7 @@ def test_a_rank_started_without_its_peers_stops_with_one_line(tmp_path):
         MASTER_PORT=str(port),
         PAULKIT_DDP_TIMEOUT="3",
     )
-    code = "from paulkit import distributed as d; d.setup('cpu')"
+    code = "from paulkit import runtime; runtime.setup('cpu')"
     run = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
