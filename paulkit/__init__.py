@@ -2,7 +2,7 @@
 notebooks and implemented as a small tested package.
 
 The pipeline is the module layout: ``config`` -> ``data`` -> ``models`` -> ``memory`` ->
-``losses`` -> ``train`` -> ``evaluation`` -> ``viz`` / ``widgets``.
+``losses`` -> ``train`` -> ``evaluation`` -> ``viz`` / ``explorer``.
 """
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ from paulkit import (  # noqa: E402,F401
     config,
     data,
     evaluation,
+    explorer,
     losses,
     memory,
     models,
@@ -20,5 +21,4 @@ from paulkit import (  # noqa: E402,F401
     train,
     utils,
     viz,
-    widgets,
 )
