@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from paulkit import data as D
-from paulkit import evaluation, models, utils
+from paulkit import evaluation, models, runtime
 
 __all__ = [
     "Neighbours",
@@ -392,7 +392,7 @@ def explorer_data(
     for arg, recs in (("query", query), ("gallery", gallery), ("train", train)):
         if len(recs) == 0:
             raise ValueError(f"{arg} is empty; pass the target's {arg} records")
-    dev = utils.select_device(device) if device is not None else next(model.parameters()).device
+    dev = runtime.select_device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev)
     run = functools.partial(
         patch_features,
