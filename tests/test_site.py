@@ -27,10 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from test_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
-
-pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "build" / "site"
@@ -106,6 +103,7 @@ def _page_name(base: str, url: str) -> str:
     return path + "index.html" if path == "" or path.endswith("/") else path
 
 
+@pytest.mark.browser
 def test_site_in_browser(site):
     from playwright.sync_api import sync_playwright
 
@@ -137,13 +135,27 @@ def test_site_in_browser(site):
             context.route("**/*", route)
             page = context.new_page()
             current = [""]
-            page.on("console", lambda m: m.type == "error" and problems.append(
-                f"{current[0]}: console error: {m.text}"))
+            page.on(
+                "console",
+                lambda m: (
+                    m.type == "error" and problems.append(f"{current[0]}: console error: {m.text}")
+                ),
+            )
             page.on("pageerror", lambda e: problems.append(f"{current[0]}: page error: {e}"))
-            page.on("requestfailed", lambda r: r.url.startswith(site) and problems.append(
-                f"{current[0]}: request failed: {r.url} ({r.failure})"))
-            page.on("response", lambda r: r.status >= 400 and problems.append(
-                f"{current[0]}: HTTP {r.status} for {r.url}"))
+            page.on(
+                "requestfailed",
+                lambda r: (
+                    r.url.startswith(site)
+                    and problems.append(f"{current[0]}: request failed: {r.url} ({r.failure})")
+                ),
+            )
+            page.on(
+                "response",
+                lambda r: (
+                    r.status >= 400
+                    and problems.append(f"{current[0]}: HTTP {r.status} for {r.url}")
+                ),
+            )
 
             for name in pages:
                 current[0] = name
@@ -206,9 +218,10 @@ def test_site_in_browser(site):
     print(f"{len(seen)} pages checked in {browse_s:.0f} s; search for PEDAL: {len(found)} pages")
 
 
-def test_build_reads_no_network_and_runs_nothing():
-    """The configuration keeps notebooks unexecuted and loads no widget JavaScript (it would
-    come from a CDN); MathJax is the packaged copy."""
+def test_site_config_offline_and_pinned():
+    """The configuration keeps the notebooks unexecuted and loads no widget JavaScript (it
+    would come from a CDN); MathJax is the packaged copy; the dev extra and environment.yml
+    name the site's packages."""
     conf: dict = {}
     code = (ROOT / "docs" / "site" / "conf.py").read_text()
     exec(compile(code, "conf.py", "exec"), conf)

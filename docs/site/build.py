@@ -61,8 +61,12 @@ def stage(src: Path) -> None:
 def draw_results(results_json: Path, out: Path, preset: str = RESULTS_PRESET) -> None:
     """The landing page's figure: target mAP of every row of ``docs/results.md`` (mean and
     standard deviation over the held-out runs), read from ``docs/results.json``, which
-    ``python -m paulkit reproduce --preset tutorial`` writes. Written only when it changed,
-    so that an unchanged table does not rebuild the landing page."""
+    ``python -m paulkit reproduce --preset tutorial`` writes. Skipped while the figure is
+    newer than what it is drawn from (importing paulkit takes seconds), and written only
+    when it changed, so that an unchanged table does not rebuild the landing page."""
+    inputs = [results_json, Path(__file__), ROOT / "paulkit" / "reproduce.py"]
+    if out.exists() and out.stat().st_mtime > max(p.stat().st_mtime for p in inputs):
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,9 +93,7 @@ def draw_results(results_json: Path, out: Path, preset: str = RESULTS_PRESET) ->
     ax.set_yticks(y, [LABELS[r] for r in rows], fontsize=10)
     ax.set_xlabel("target mAP (%), mean ± std over the runs", fontsize=10)
     draws, seeds = entry.get("data_seeds", []), entry.get("seeds", [])
-    ax.set_title(
-        f"Synthetic target, held-out draws {draws} x model seeds {seeds}", fontsize=11
-    )
+    ax.set_title(f"Synthetic target, held-out draws {draws} x model seeds {seeds}", fontsize=11)
     ax.set_xlim(0, max(m + s for m, s in zip(means, stds)) + 8)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -100,6 +102,7 @@ def draw_results(results_json: Path, out: Path, preset: str = RESULTS_PRESET) ->
     plt.close(fig)
     if out.exists() and out.read_bytes() == tmp.read_bytes():
         tmp.unlink()
+        out.touch()  # up to date with its inputs
         return
     os.replace(tmp, out)  # atomic: a reader never sees half a figure
 

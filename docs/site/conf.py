@@ -56,8 +56,8 @@ LIVE_NOTES = {
 :class: tip
 
 The patch explorer is an ipywidgets app: it needs a running Python kernel, which a web page
-does not have. This page shows the outputs stored in the notebook; its views are drawn as
-still images by `explorer.show_static()` in section 5, under the explorer cell. To move the
+does not have. This page shows the outputs stored in the notebook: below the explorer cell,
+`explorer.show_static()` draws the explorer's views as still images. To move the
 sliders and click the patches yourself, run `make lab` in a clone of paulkit (it sets up
 `.venv` and the synthetic data, then opens JupyterLab on `notebooks/`) and run this notebook
 from the top. It loads the checkpoints notebooks 05 and 06 leave, or trains the two models
