@@ -81,17 +81,33 @@ def add_live_note(app, docname: str, source: list[str]) -> None:
 # Pages the landing page lists that another part of the project may not have written yet:
 # while one is missing, its line is left out of the table of contents.
 OPTIONAL_PAGES = ["docs/teaching"]
+# The landing page's last entry, "docs/*", lists the documents not named before it (a new
+# docs/*.md appears on the site by itself); it is left out while there are none, because
+# Sphinx warns about a glob that matches nothing.
+REST = "docs/*"
 
 
-def drop_missing_pages(app, docname: str, source: list[str]) -> None:
-    """``source-read`` of the landing page: leave out the optional pages that are missing."""
+def fit_toctree(app, docname: str, source: list[str]) -> None:
+    """``source-read`` of the landing page: leave out the optional pages that are missing,
+    and the "docs/*" entry while every document is listed by name."""
     if docname != root_doc:
         return
-    missing = [p for p in OPTIONAL_PAGES if p not in app.env.found_docs]
     lines = source[0].splitlines(keepends=True)
+    named = {line.strip() for line in lines}
+    missing = {p for p in OPTIONAL_PAGES if p not in app.env.found_docs}
+    rest = [d for d in app.env.found_docs if fnmatch(d, REST) and d not in named]
+    if not rest:
+        missing.add(REST)
     source[0] = "".join(line for line in lines if line.strip() not in missing)
 
 
+def all_when_pages_change(app, env, added, changed, removed) -> list[str]:
+    """``env-get-outdated``: a page added or removed changes every page's sidebar and the
+    previous/next links around it, so an incremental build then rewrites every page."""
+    return sorted(env.found_docs) if added or removed else []
+
+
 def setup(app):
+    app.connect("env-get-outdated", all_when_pages_change)
     app.connect("source-read", add_live_note)
-    app.connect("source-read", drop_missing_pages)
+    app.connect("source-read", fit_toctree)
