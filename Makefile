@@ -9,12 +9,13 @@ SYNTH ?= tiny  # size of the embedded synthetic data made by `make data`
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 900
 
-.PHONY: help venv data test unit nbval lint tutorial notebooks lab bench clean browser-deps
+.PHONY: help venv data test unit nbval lint tutorial notebooks lab bench clean browser-deps site
 
 help:
 	@echo "make tutorial  - set up .venv, make the embedded data, run every notebook into build/"
 	@echo "make test      - set up .venv, run the unit tests and nbval over every notebook"
 	@echo "make lab       - open JupyterLab on notebooks/"
+	@echo "make site      - build the website (notebooks as committed + docs) into build/site/"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +31,8 @@ data: venv
 	$(PY) -m paulkit synth --preset $(SYNTH)
 
 lint: venv
-	$(VENV)/bin/ruff check paulkit tests bench notebooks
-	$(VENV)/bin/ruff format --check paulkit tests bench
+	$(VENV)/bin/ruff check paulkit tests bench notebooks docs/site
+	$(VENV)/bin/ruff format --check paulkit tests bench docs/site
 
 # The browser test (tests/test_browser.py) drives Debian's Chromium with Playwright's Python
 # package; nothing downloads a browser (never `playwright install`).
@@ -40,6 +41,7 @@ browser-deps: venv
 	  (echo "browser-deps: chromium is missing and apt-get could not install it; run 'apt-get install chromium' as root" >&2; exit 1)
 	$(PY) -m pip install -q playwright
 
+# tests/test_site.py (in `unit`) builds the site from scratch and reads it in Chromium.
 unit: venv data browser-deps
 	$(PY) -m pytest -q tests
 
@@ -64,6 +66,12 @@ notebooks: venv data
 	  $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
 	done
 	$(VENV)/bin/nbstripout --keep-output --keep-count $(NOTEBOOKS)
+
+# The website: the notebooks with their committed outputs (nothing is executed) and docs/*.md,
+# with Sphinx + MyST-NB (docs/site/conf.py). Offline; incremental (--clean: from scratch).
+site: venv
+	$(PY) docs/site/build.py
+	@echo "open build/site/index.html"
 
 lab: venv data
 	$(VENV)/bin/jupyter lab notebooks/
