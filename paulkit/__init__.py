@@ -1,7 +1,7 @@
 """paulkit: PAUL (CVPR 2019) patch-based unsupervised person re-identification, taught in
 notebooks and implemented as a small tested package.
 
-The pipeline is the module layout: ``config`` -> ``data`` -> ``models`` -> ``memory`` ->
+The pipeline is the module layout (``paths``: the folders): ``config`` -> ``data`` -> ``models`` -> ``memory`` ->
 ``losses`` -> ``train`` -> ``evaluation`` -> ``viz`` / ``widgets``.
 """
 
@@ -16,6 +16,7 @@ from paulkit import (  # noqa: E402,F401
     losses,
     memory,
     models,
+    paths,
     reproduce,
     train,
     utils,

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from paulkit import config, distributed, utils
+from paulkit import config, distributed, paths, utils
 from paulkit.utils import CheckpointError, RunLockError
 
 __all__ = ["main", "build_parser"]
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         return _evaluate(args, cfg, progress)
     config.validate(cfg)  # before any data is read or anything trained
-    utils.check_writable(args.out if args.out is not None else config.output_root())
+    utils.check_writable(args.out if args.out is not None else paths.output_root())
     print(f"preset {cfg.name} (config {config.config_hash(cfg)}), seed {cfg.seed}")
     if args.command == "pretrain":
         phase = "oracle" if args.oracle else "pretrain"

@@ -1,4 +1,4 @@
-"""Configuration: frozen dataclasses, named presets, and the places paulkit reads and writes.
+"""Configuration: frozen dataclasses and named presets (the folders: :mod:`paulkit.paths`).
 
 One setting picks the size of every run: the environment variable ``PAULKIT_PRESET``
 (read by :func:`preset_from_env`). CI and a CPU get the small ``tutorial`` preset without
@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
+
+from paulkit import paths
 
 __all__ = [
     "DataConfig",
@@ -33,10 +34,6 @@ __all__ = [
     "check_memory_init",
     "config_to_dict",
     "config_from_dict",
-    "project_root",
-    "data_root",
-    "synth_root",
-    "output_root",
 ]
 
 
@@ -205,9 +202,9 @@ def preset_from_env(name: str | None = None) -> Config:
     the environment variable ``PAULKIT_PRESET``, else chosen by device.
 
     Without a setting, a machine with a CUDA GPU gets ``paper_market`` when MSMT17 and
-    Market-1501 are both readable under :func:`data_root` (``PAULKIT_DATA``), else the larger
-    synthetic run ``synth_gpu``; anything else (CI, a laptop) gets the small CPU preset
-    ``tutorial``.
+    Market-1501 are both readable under :func:`paulkit.paths.data_root` (``PAULKIT_DATA``),
+    else the larger synthetic run ``synth_gpu``; anything else (CI, a laptop) gets the small
+    CPU preset ``tutorial``.
     """
     name = name or os.environ.get("PAULKIT_PRESET")
     if not name:
@@ -230,7 +227,7 @@ def real_data_present(preset: str, root: str | os.PathLike | None = None) -> boo
         if name == "synth":
             continue
         try:
-            D.load_dataset(name, root=data_root(root if root is not None else cfg.data.root))
+            D.load_dataset(name, root=paths.data_root(root if root is not None else cfg.data.root))
         except D.DatasetError:
             return False
     return True
@@ -367,32 +364,3 @@ def config_hash(cfg: Config | dict[str, Any]) -> str:
     d = cfg if isinstance(cfg, dict) else config_to_dict(cfg)
     blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def project_root() -> Path:
-    """The checkout holding ``paulkit/`` (editable install) or else the working directory."""
-    here = Path(__file__).resolve().parents[1]
-    if (here / "pyproject.toml").exists():
-        return here
-    return Path.cwd()
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Folder with the real data sets: ``root``, else ``PAULKIT_DATA``, else ``<project>/data``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("PAULKIT_DATA")
-    return Path(env).expanduser() if env else project_root() / "data"
-
-
-def synth_root() -> Path:
-    """Folder paulkit generates the synthetic data into (its own, never a user's data folder):
-    ``PAULKIT_SYNTH``, else ``<project>/data/synth``."""
-    env = os.environ.get("PAULKIT_SYNTH")
-    return Path(env).expanduser() if env else project_root() / "data" / "synth"
-
-
-def output_root() -> Path:
-    """Checkpoints and results: ``PAULKIT_OUT``, else ``<project>/outputs``."""
-    env = os.environ.get("PAULKIT_OUT")
-    return Path(env).expanduser() if env else project_root() / "outputs"

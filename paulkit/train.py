@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from paulkit import config as C
 from paulkit import data as D
 from paulkit import distributed as ddp
-from paulkit import evaluation, losses, memory, models, utils
+from paulkit import evaluation, losses, memory, models, paths, utils
 
 __all__ = [
     "Runtime",
@@ -140,7 +140,7 @@ def _dataset(name: str, root: str | None, cfg: C.Config, role: str):
         ds = D.load_dataset(f"synth-{role}", preset=cfg.data.synth_preset, seed=cfg.data.synth_seed)
         what = f"synthetic {role} (preset {cfg.data.synth_preset}, data seed {cfg.data.synth_seed})"
     else:
-        ds = D.load_dataset(name, root=C.data_root(root))
+        ds = D.load_dataset(name, root=paths.data_root(root))
         what = ds.name + (f" ({ds.layout} layout)" if hasattr(ds, "layout") else "")
     st = ds.stats()  # the folders actually read, so a wrong --data shows at once (the CLI prints)
     log.info(
@@ -892,7 +892,7 @@ def data_identity(cfg: C.Config, role: str) -> dict[str, Any]:
             "preset": cfg.data.synth_preset,
             "seed": cfg.data.synth_seed,
         }
-    key = (name, str(C.data_root(cfg.data.root).resolve()))
+    key = (name, str(paths.data_root(cfg.data.root).resolve()))
     if key not in _FINGERPRINTS:
         ds = _dataset(name, cfg.data.root, cfg, role)
         names = sorted(Path(r.path).name for r in ds.train)
@@ -1083,7 +1083,7 @@ def checkpoint_path(
     cfg: C.Config, phase: str, tag: str = "", out: str | Path | None = None
 ) -> Path:
     """Where :func:`train_or_load` keeps a phase's checkpoint for this preset and seed."""
-    root = Path(out) if out is not None else C.output_root()
+    root = Path(out) if out is not None else paths.output_root()
     suffix = f"-{tag}" if tag else ""
     run = f"seed{cfg.seed}"
     if cfg.data.synth_seed and "synth" in (cfg.data.source, cfg.data.target):

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from paulkit import config
+from paulkit import config, paths
 
 
 def test_every_preset_is_frozen_and_hashable():
@@ -86,6 +86,6 @@ def test_override_errors(item, msg):
 def test_roots_follow_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PAULKIT_DATA", str(tmp_path / "d"))
     monkeypatch.setenv("PAULKIT_OUT", str(tmp_path / "o"))
-    assert config.data_root() == tmp_path / "d"
-    assert config.data_root(tmp_path) == tmp_path
-    assert config.output_root() == tmp_path / "o"
+    assert paths.data_root() == tmp_path / "d"
+    assert paths.data_root(tmp_path) == tmp_path
+    assert paths.output_root() == tmp_path / "o"

@@ -63,7 +63,7 @@ def load_dataset(
         name: the data set (case and ``-``/``_`` do not matter).
         root: for the real sets, the folder holding them (default ``PAULKIT_DATA``, else
             ``data/``); for the synthetic ones, the folder to generate into (default
-            :func:`paulkit.config.synth_root`).
+            :func:`paulkit.paths.synth_root`).
         preset, seed: size and seed of the synthetic data (ignored for real data sets).
 
     Taught in: notebooks/01_data_loading.ipynb.

@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from paulkit.paths import synth_root
+
 __all__ = [
     "HEIGHT",
     "WIDTH",
@@ -1094,7 +1096,7 @@ def generate(
     last; when a complete folder with the same settings is there, nothing is done.
 
     Args:
-        root: parent folder (e.g. :func:`paulkit.config.synth_root`).
+        root: parent folder (e.g. :func:`paulkit.paths.synth_root`).
         domain: ``"source"`` (labelled, many cameras) or ``"target"`` (Market-like).
         preset: ``"tiny"``, ``"small"`` or ``"market"`` (see :data:`SIZES`).
         seed: data seed; the same seed writes the same bytes.
@@ -1158,7 +1160,7 @@ def embedded(
 ) -> tuple[Path, Path]:
     """The embedded two-domain data: ``(source_dir, target_dir)``, generated if absent.
 
-    Folders live under :func:`paulkit.config.synth_root` (``PAULKIT_SYNTH``, else
+    Folders live under :func:`paulkit.paths.synth_root` (``PAULKIT_SYNTH``, else
     ``data/synth``) unless ``root`` is given.
 
     Example:
@@ -1167,9 +1169,7 @@ def embedded(
 
     Taught in: notebooks/01_data_loading.ipynb.
     """
-    from paulkit import config
-
-    base = Path(root).expanduser() if root is not None else config.synth_root()
+    base = Path(root).expanduser() if root is not None else synth_root()
     return (
         generate(base, "source", preset, seed, progress=progress),
         generate(base, "target", preset, seed, progress=progress),
@@ -1180,10 +1180,8 @@ def main_generate(
     preset: str = "tiny", seed: int = 0, root: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
     """What ``paulkit synth`` runs: make both domains and say what was made or found."""
-    from paulkit import config
-
     _check_preset(preset)
-    base = Path(root).expanduser() if root is not None else config.synth_root()
+    base = Path(root).expanduser() if root is not None else synth_root()
     out = []
     for domain in ("source", "target"):
         dest = base / folder_name(domain, preset, seed)
