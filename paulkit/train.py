@@ -423,7 +423,7 @@ def _pretrain(cfg, device, checkpoint, use_target_labels, progress, stop_after, 
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _pretrain_optimizer(model, p)
-    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
+    net = ddp.wrap(model, rt, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "ce", "triplet", "acc", "lr")}
     history["images_per_s"] = []
     phase = "oracle" if use_target_labels else "pretrain"
@@ -759,7 +759,7 @@ def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, restart):
     for p in model.parameters():  # frozen: no gradient is computed for them at all
         if id(p) not in trained:
             p.requires_grad_(False)
-    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
+    net = ddp.wrap(model, rt, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "pedal", "ipfl", "lr")}
     history["images_per_s"], history["eval"] = [], []
     every = a.eval_every
