@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 # The torch build to install first. On this project's CPU machines these two
 # versions install from local disk; override e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-SYNTH ?= tiny  # size of the embedded synthetic data made by `make data`
+# Size of the embedded synthetic data made by `make data`: tiny, small or market.
+# SYNTH=... is its old name, read with a deprecation message until the next release.
+SYNTH_SIZE ?= $(if $(SYNTH),$(SYNTH),tiny)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 900
 
@@ -28,7 +30,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 data: venv
-	$(PY) -m paulkit synth --preset $(SYNTH)
+	$(if $(SYNTH),@echo "make data: SYNTH= is deprecated and goes in the next release: use SYNTH_SIZE=" >&2)
+	$(PY) -m paulkit synth --size $(SYNTH_SIZE)
 
 lint: venv
 	$(VENV)/bin/ruff check paulkit tests bench notebooks docs/site

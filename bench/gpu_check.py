@@ -88,7 +88,7 @@ FULL = dict(
     eval_ids=750,
     eval_distractors=2798,
     eval_repeat=3,
-    synth_preset="small",
+    synth_size="small",
     pretrain_epochs=2,
     adapt_epochs=2,
     limit_train=0,
@@ -115,7 +115,7 @@ DRY = dict(
     eval_ids=50,
     eval_distractors=100,
     eval_repeat=1,
-    synth_preset="tiny",
+    synth_size="tiny",
     pretrain_epochs=2,
     adapt_epochs=1,
     limit_train=48,
@@ -757,13 +757,13 @@ def part_synth_run(ctx) -> dict:
     os.environ["PAULKIT_SYNTH"] = str(base / "synth")
     os.environ["PAULKIT_OUT"] = str(base / "outputs")
     t0 = time.perf_counter()
-    src, tgt = D.synth.embedded(S["synth_preset"], 0, root=base / "synth")
+    src, tgt = D.synth.embedded(S["synth_size"], 0, root=base / "synth")
     gen_s = time.perf_counter() - t0
     ctx.setup["synth_generation_s"] = gen_s
     log(f"synth_run: data made in {gen_s:.1f} s ({src.name}, {tgt.name})")
     pe, ae = S["pretrain_epochs"], S["adapt_epochs"]
     sets = [
-        f"data.synth_preset={S['synth_preset']}",
+        f"data.synth_size={S['synth_size']}",
         f"data.num_workers={S['workers']}",
         f"data.limit_train={S['limit_train']}",
         f"pretrain.epochs={pe}",
@@ -792,7 +792,7 @@ def part_synth_run(ctx) -> dict:
     evals = ha.get("eval", [])
     keep = ("mAP", "rank1", "rank5", "mINP")
     res = {
-        "synth_preset": S["synth_preset"],
+        "synth_size": S["synth_size"],
         "config": cfg.name,
         "overrides": sets,
         "arch": cfg.model.arch,

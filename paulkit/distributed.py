@@ -280,18 +280,13 @@ def evaluate_sharded(
 # --------------------------------------------------------------------------- model
 
 
-def wrap(
-    model: nn.Module,
-    rt: Any,
-    optimizer: torch.optim.Optimizer | None = None,
-    sync_bn: bool = False,
-) -> nn.Module:
+def wrap(model: nn.Module, rt: Any, sync_bn: bool = False) -> nn.Module:
     """The module the training loop calls: ``model`` itself for one process, else
     ``DistributedDataParallel(model)`` (gradients averaged over the ranks).
 
-    Under DDP, parameters the optimiser does not train (PAUL's frozen patch generator and
-    embedding layers) stop requiring gradients, so DDP neither waits for nor sends them;
-    ``sync_bn`` converts the BatchNorm layers to ``SyncBatchNorm`` (CUDA only). Weights,
+    Parameters that do not require gradients (PAUL's frozen patch generator and embedding
+    layers: :func:`paulkit.train.adapt` freezes what its optimiser does not train) are
+    neither waited for nor sent by DDP; ``sync_bn`` converts the BatchNorm layers to ``SyncBatchNorm`` (CUDA only). Weights,
     state-dict keys and the optimiser's parameters stay those of ``model``: checkpoints are
     written from ``model`` and load in any number of processes.
     """
@@ -304,10 +299,5 @@ def wrap(
                 "leave it off (per-rank BatchNorm statistics)"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if optimizer is not None:
-        trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        for p in model.parameters():
-            if id(p) not in trained:
-                p.requires_grad_(False)
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from paulkit import config as C
 from paulkit import data as D
 from paulkit import distributed as ddp
-from paulkit import losses, memory, models, utils
+from paulkit import losses, memory, models, paths, utils
 from paulkit.runtime import Runtime, env_rank, make_runtime
 
 __all__ = [
@@ -69,10 +69,10 @@ log = logging.getLogger("paulkit")
 
 def _dataset(name: str, root: str | None, cfg: C.Config, role: str):
     if name == "synth":
-        ds = D.load_dataset(f"synth-{role}", preset=cfg.data.synth_preset, seed=cfg.data.synth_seed)
-        what = f"synthetic {role} (preset {cfg.data.synth_preset}, data seed {cfg.data.synth_seed})"
+        ds = D.load_dataset(f"synth-{role}", size=cfg.data.synth_size, seed=cfg.data.synth_seed)
+        what = f"synthetic {role} (size {cfg.data.synth_size}, data seed {cfg.data.synth_seed})"
     else:
-        ds = D.load_dataset(name, root=C.data_root(root))
+        ds = D.load_dataset(name, root=paths.data_root(root))
         what = ds.name + (f" ({ds.layout} layout)" if hasattr(ds, "layout") else "")
     st = ds.stats()  # the folders actually read, so a wrong --data shows at once (the CLI prints)
     log.info(
@@ -343,7 +343,7 @@ def _pretrain(cfg, device, checkpoint, use_target_labels, progress, stop_after, 
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _pretrain_optimizer(model, p)
-    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
+    net = ddp.wrap(model, rt, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "ce", "triplet", "acc", "lr")}
     history["images_per_s"] = []
     phase = "oracle" if use_target_labels else "pretrain"
@@ -705,7 +705,6 @@ def adapt(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
-    evaluate_every: int | None = None,
     restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Unsupervised PAUL adaptation on the target's training images, without their labels.
@@ -723,12 +722,10 @@ def adapt(
     """
     C.validate(cfg)
     with _run_folder_lock(checkpoint):
-        return _adapt(
-            cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart
-        )
+        return _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, restart)
 
 
-def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart):
+def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, restart):
     utils.set_seed(cfg.seed, cfg.deterministic)
     rt = make_runtime(cfg, device)
     a = cfg.adapt
@@ -751,10 +748,10 @@ def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_e
     for p in model.parameters():  # frozen: no gradient is computed for them at all
         if id(p) not in trained:
             p.requires_grad_(False)
-    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
+    net = ddp.wrap(model, rt, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "pedal", "ipfl", "lr")}
     history["images_per_s"], history["eval"] = [], []
-    every = evaluate_every if evaluate_every is not None else a.eval_every
+    every = a.eval_every
     state = _try_resume(checkpoint, cfg, "adapt", restart)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -829,8 +826,7 @@ def evaluate_model(
 # What a phase's checkpoint depends on. Left out on purpose: where the data lives
 # (data.root: a path, the same data set anywhere), how it is read (data.num_workers: the
 # random streams are keyed by seed, epoch and item, so workers change nothing), when the
-# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, compile,
-# sync_bn), and the phase's own number of epochs: more epochs continue a checkpoint; fewer
+# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, sync_bn), and the phase's own number of epochs: more epochs continue a checkpoint; fewer
 # than it holds are refused (see train_or_load).
 _NOT_HASHED = {
     "name",
@@ -838,12 +834,11 @@ _NOT_HASHED = {
     "data.num_workers",
     "data.source",
     "data.target",
-    "data.synth_preset",
+    "data.synth_size",
     "data.synth_seed",
     "adapt.eval_every",
     "amp",
     "channels_last",
-    "compile",
     "sync_bn",
 }
 
@@ -864,8 +859,8 @@ _FINGERPRINTS: dict[tuple[str, str], dict[str, Any]] = {}
 def data_identity(cfg: C.Config, role: str) -> dict[str, Any]:
     """What identifies the data set ``role`` ("source" or "target") reads, wherever it lives.
 
-    Synthetic data: the generator's version, the domain's knobs (digest), size preset and
-    data seed. A real data set: its name and a fingerprint of its training split (image and
+    Synthetic data: the generator's version, the domain's knobs (digest), size and data
+    seed. A real data set: its name and a fingerprint of its training split (image and
     identity counts and a hash of the sorted file names), never its path, so moving the
     folder, a trailing slash or ``--data`` versus ``PAULKIT_DATA`` change nothing.
     """
@@ -875,10 +870,10 @@ def data_identity(cfg: C.Config, role: str) -> dict[str, Any]:
             "name": "synth",
             "generator": D.synth.GENERATOR_VERSION,
             "knobs": D.synth.DOMAINS[role].digest(),
-            "preset": cfg.data.synth_preset,
+            "preset": cfg.data.synth_size,  # the size, under its old name: same hashes
             "seed": cfg.data.synth_seed,
         }
-    key = (name, str(C.data_root(cfg.data.root).resolve()))
+    key = (name, str(paths.data_root(cfg.data.root).resolve()))
     if key not in _FINGERPRINTS:
         ds = _dataset(name, cfg.data.root, cfg, role)
         names = sorted(Path(r.path).name for r in ds.train)
@@ -931,7 +926,7 @@ def phase_hash(cfg: C.Config, phase: str) -> str:
 def _legacy_phase_hash(cfg: C.Config, phase: str) -> str:
     # The hash of paulkit 9947c09 and before (whole data section, epochs, eval cadence), so
     # that checkpoints written then, which do not store their settings, are still recognised.
-    d = C.config_to_dict(cfg)
+    d = C.hashed_dict(cfg)  # the keys under their names of then
     keep = {"data", "model", "pretrain", "seed", "deterministic"}
     if phase == "adapt":
         keep |= {"adapt"}
@@ -1069,7 +1064,7 @@ def checkpoint_path(
     cfg: C.Config, phase: str, tag: str = "", out: str | Path | None = None
 ) -> Path:
     """Where :func:`train_or_load` keeps a phase's checkpoint for this preset and seed."""
-    root = Path(out) if out is not None else C.output_root()
+    root = Path(out) if out is not None else paths.output_root()
     suffix = f"-{tag}" if tag else ""
     run = f"seed{cfg.seed}"
     if cfg.data.synth_seed and "synth" in (cfg.data.source, cfg.data.target):

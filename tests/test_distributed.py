@@ -344,4 +344,4 @@ def test_plain_run_is_one_process_without_a_group(monkeypatch):
 def test_sync_bn_on_the_cpu_is_a_clear_error():
     rt = runtime.Runtime(torch.device("cpu"), rank=0, world_size=2)
     with pytest.raises(ValueError, match="SyncBatchNorm runs on CUDA only"):
-        ddp.wrap(nn.BatchNorm1d(3), rt, None, sync_bn=True)
+        ddp.wrap(nn.BatchNorm1d(3), rt, sync_bn=True)

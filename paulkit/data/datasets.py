@@ -28,6 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from paulkit.paths import data_root
+
 __all__ = [
     "ImageRecord",
     "DatasetError",
@@ -175,9 +177,7 @@ def _resolve_root(
     root: str | Path | None, names: Sequence[str], has_layout: Callable[[Path], bool], what: str
 ) -> Path:
     """The data set folder: ``root`` itself, or ``root/<usual name>`` (one or two levels)."""
-    from paulkit import config
-
-    base = config.data_root(root)
+    base = data_root(root)
     if not base.exists():
         raise DatasetError(
             f"{what}: folder {base} does not exist. Download {what} yourself (see data/README.md), "
