@@ -89,3 +89,12 @@ def test_roots_follow_environment(monkeypatch, tmp_path):
     assert config.data_root() == tmp_path / "d"
     assert config.data_root(tmp_path) == tmp_path
     assert config.output_root() == tmp_path / "o"
+
+
+def test_shown_path_is_relative_inside_the_project_only(tmp_path):
+    root = config.project_root()
+    assert (
+        config.shown_path(root / "outputs" / "tutorial" / "pretrain.pt")
+        == "outputs/tutorial/pretrain.pt"
+    )
+    assert config.shown_path(tmp_path / "x.pt") == str(tmp_path / "x.pt")

@@ -276,8 +276,10 @@ class ReidDataset:
 
     def stats_table(self) -> str:
         """The statistics as a small text table (what :meth:`print_stats` prints)."""
+        from paulkit.config import shown_path
+
         lines = [
-            f"{self.name} ({self.root})",
+            f"{self.name} ({shown_path(self.root)})",
             "  subset   |   # ids | # images | # cameras",
             "  ---------+---------+----------+----------",
         ]
