@@ -319,7 +319,7 @@ def plot_ranked_lists(
     q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
     g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
     rows = len(queries)
-    fig = PhotoFigure(figsize=(min(9.0, 0.8 * (k + 1) + 0.4), 1.95 * rows + 0.4))
+    fig = PhotoFigure(figsize=(min(9.0, 0.8 * (k + 1) + 0.4), 1.95 * rows + 0.6))
     axes = fig.subplots(rows, k + 1, squeeze=False)
     for row, q in zip(axes, queries):
         ap = result.ap[q]
@@ -340,7 +340,7 @@ def plot_ranked_lists(
     name = f"{title}: " if title else ""
     fig.suptitle(f"{name}{heading}; green = same identity, red = other")
     fig.subplots_adjust(
-        left=0.02, right=0.98, bottom=0.02, top=1 - 0.55 / fig.get_figheight(), hspace=0.45
+        left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / fig.get_figheight(), hspace=0.45
     )
     return fig
 
