@@ -11,13 +11,15 @@ SYNTH_SIZE ?= $(if $(SYNTH),$(SYNTH),tiny)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 900
 
-.PHONY: help venv data test unit nbval lint tutorial notebooks lab bench clean browser-deps site
+.PHONY: help venv data test unit nbval lint tutorial notebooks lab bench clean browser-deps site student autograde
 
 help:
 	@echo "make tutorial  - set up .venv, make the embedded data, run every notebook into build/"
 	@echo "make test      - set up .venv, run the unit tests and nbval over every notebook"
 	@echo "make lab       - open JupyterLab on notebooks/"
 	@echo "make site      - build the website (notebooks as committed + docs) into build/site/"
+	@echo "make student   - the graded student edition (nbgrader) into build/student/notebooks/"
+	@echo "make autograde - nbgrader autograde: solved notebooks pass, the student edition fails"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +83,37 @@ lab: venv data
 
 bench: venv data
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+# The student edition and its autograding, with nbgrader's own commands (docs/teaching.md).
+# notebooks/ is the one source: its build-it cells mark solutions with ### BEGIN/END SOLUTION,
+# the checks against paulkit are autograded test cells, each exercise's <details> answer is a
+# manually graded cell. nbgrader wants <course>/source/<assignment>/, so build/nbgrader/source/
+# notebooks is a link to notebooks/ and the assignment is called "notebooks".
+COURSE := build/nbgrader
+# nbgrader runs alembic (its database migrations) from PATH: the venv's bin comes first.
+NBGRADER := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/nbgrader
+NBGRADER_ARGS = --CourseDirectory.root=$(COURSE) --CourseDirectory.db_url=sqlite:///$(abspath $(COURSE))/gradebook.db
+# Autograding executes the notebooks, so it covers the fast ones (about a minute each).
+AUTOGRADE ?= 02_patchnet 03_pedal_loss 04_ipfl_loss
+
+student: venv
+	rm -rf $(COURSE) build/student
+	mkdir -p $(COURSE)/source
+	ln -s $(abspath notebooks) $(COURSE)/source/notebooks
+	$(NBGRADER) generate_assignment notebooks --force $(NBGRADER_ARGS) \
+	  --CourseDirectory.release_directory=$(abspath build/student)
+	@echo "Student edition: build/student/notebooks/"
+
+# Autograde the solved notebooks (as student "solved": every test passes) and the student
+# edition as released (as student "student": every build-it test fails), then check both.
+autograde: student data
+	for who in solved student; do mkdir -p $(COURSE)/submitted/$$who/notebooks; done
+	for nb in $(AUTOGRADE); do \
+	  cp notebooks/$$nb.ipynb $(COURSE)/submitted/solved/notebooks/ && \
+	  cp build/student/notebooks/$$nb.ipynb $(COURSE)/submitted/student/notebooks/ || exit 1; \
+	done
+	$(NBGRADER) autograde notebooks --force $(NBGRADER_ARGS) --ExecutePreprocessor.timeout=600
+	$(PY) tests/check_autograde.py $(COURSE)/gradebook.db $(AUTOGRADE)
 
 clean:
 	rm -rf build outputs

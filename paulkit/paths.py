@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["project_root", "data_root", "synth_root", "output_root"]
+__all__ = ["project_root", "shown_path", "data_root", "synth_root", "output_root"]
 
 
 def project_root() -> Path:
@@ -20,6 +20,19 @@ def project_root() -> Path:
     if (here / "pyproject.toml").exists():
         return here
     return Path.cwd()
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as messages print it: relative to the project root when it lies inside it
+    (``data/synth/...``, ``outputs/...``), else as given. Keeps one machine's folders out of
+    logs and of the committed notebooks' outputs."""
+    path = Path(path)
+    for root in (project_root(), project_root().resolve()):
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

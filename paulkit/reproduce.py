@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 import platform
 import statistics
@@ -36,6 +37,7 @@ from paulkit import baselines, runtime, train, utils
 from paulkit import config as C
 
 __all__ = [
+    "render_results_figure",
     "ROWS",
     "METRICS",
     "evaluate_rows",
@@ -242,6 +244,27 @@ def render_results(docs: str | Path = "docs") -> Path:
     results = json.loads((docs / "results.json").read_text())
     utils.atomic_write_text(results_markdown(results), docs / "results.md")
     return docs / "results.md"
+
+
+def render_results_figure(docs: str | Path = "docs", preset: str = "tutorial") -> Path:
+    """Draw ``docs/results.png`` (the README's results figure) from ``docs/results.json`` with
+    :func:`paulkit.viz.plot_results` (no training)::
+
+        python -c "import paulkit; paulkit.reproduce.render_results_figure()"
+    """
+    from paulkit import viz
+
+    docs = Path(docs)
+    results = json.loads((docs / "results.json").read_text())
+    if preset not in results:
+        raise ValueError(
+            f"docs/results.json has no preset {preset!r} (has {sorted(results)}); run "
+            f"`python -m paulkit reproduce --preset {preset}`"
+        )
+    fig = viz.plot_results(results[preset])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return utils.atomic_write_bytes(buf.getvalue(), docs / "results.png")
 
 
 def _machine(device) -> str:

@@ -1036,7 +1036,7 @@ def _try_resume(checkpoint, cfg: C.Config, phase: str, restart: bool = False) ->
     if restart:
         if env_rank() == 0:
             moved = utils.move_aside(checkpoint)
-            print(f"--restart: moved {checkpoint} aside to {moved.name}")
+            print(f"--restart: moved {paths.shown_path(checkpoint)} aside to {moved.name}")
         ddp.barrier()
         return None
     state = _check(utils.load_checkpoint(checkpoint), Path(checkpoint))
@@ -1138,9 +1138,11 @@ def _train_or_load(cfg, phase, path, device, out, progress, pretrained, restart)
         check_checkpoint(state, cfg, phase, path)
         if state["epoch"] >= epochs:
             model, _ = load_model(path, rt.device)
-            print(f"loaded {phase} checkpoint {path} (epoch {state['epoch']})")
+            print(f"loaded {phase} checkpoint {paths.shown_path(path)} (epoch {state['epoch']})")
             return model, state["history"]
-        print(f"resuming {phase} from {path} at epoch {state['epoch']} of {epochs}")
+        print(
+            f"resuming {phase} from {paths.shown_path(path)} at epoch {state['epoch']} of {epochs}"
+        )
     if phase in ("pretrain", "oracle"):
         return pretrain(
             cfg, rt, path, use_target_labels=phase == "oracle", progress=progress, restart=restart

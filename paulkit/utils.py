@@ -25,6 +25,7 @@ __all__ = [
     "set_seed",
     "atomic_save",
     "atomic_write_text",
+    "atomic_write_bytes",
     "load_checkpoint",
     "CheckpointError",
     "RunLockError",
@@ -85,6 +86,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write text atomically (temporary file + rename)."""
     return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write bytes atomically (temporary file + rename), e.g. a rendered figure."""
+    return _atomic(path, lambda f: f.write(data))
 
 
 class CheckpointError(RuntimeError):

@@ -1,6 +1,11 @@
 """Plots for the notebooks. Every function returns a matplotlib Figure and never calls
-``plt.show()``; figures stay small (dpi <= 100). The patch explorer's figures are in
-``paulkit.explorer.figures``.
+``plt.show()``. The patch explorer's figures are in ``paulkit.explorer.figures``.
+
+Importing this module (``import paulkit`` does) sets the series' figure style once, for a
+projector: readable font sizes (:data:`FIGURE_STYLE`) and, inside a Jupyter kernel, inline
+figures as SVG (vector: sharp at any size, and smaller than a PNG for plots). Figures of
+photographs are made as :class:`PhotoFigure` and shown as JPEG instead, since an SVG or PNG
+of photos is several times larger; that keeps the committed notebooks small.
 
 Taught in: notebooks/02_patchnet.ipynb (patches), notebooks/07_evaluation.ipynb (ranked
 lists, CMC curves, training histories), and the notebooks that use each plot.
@@ -8,10 +13,12 @@ lists, CMC curves, training histories), and the notebooks that use each plot.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib as mpl
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -22,6 +29,9 @@ from PIL import Image
 from paulkit import evaluation
 
 __all__ = [
+    "FIGURE_STYLE",
+    "PhotoFigure",
+    "use_figure_style",
     "to_rgb",
     "patch_corners",
     "plot_patches",
@@ -29,7 +39,63 @@ __all__ = [
     "plot_ranked_lists",
     "plot_cmc",
     "plot_history",
+    "plot_results",
 ]
+
+#: Figure defaults for the whole series: sizes readable from the back of a room at the
+#: notebooks' 6-10 inch wide figures; SVG text stays text (small files, selectable).
+FIGURE_STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "figure.titlesize": 12,
+    "svg.fonttype": "none",
+    "svg.hashsalt": "paulkit",
+}
+SMALL = 9  # the smallest text a figure here uses (image captions in dense grids)
+
+
+class PhotoFigure(Figure):
+    """A figure made of photographs (image grids, ranked lists): shown inline as a JPEG
+    (quality 75, PIL's default) at the figure's dpi, which is at least the photos' own resolution in this
+    series' figures. Use it as ``Figure`` or ``plt.subplots(..., FigureClass=viz.PhotoFigure)``."""
+
+
+def _photo_jpeg(fig: Figure):
+    from IPython.core.pylabtools import print_figure
+
+    data = print_figure(fig, fmt="jpeg", pil_kwargs={"quality": 75})
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def use_figure_style(inline_format: str = "svg") -> None:
+    """Apply :data:`FIGURE_STYLE` and, inside a Jupyter kernel, show :class:`PhotoFigure` as
+    JPEG and, where a notebook has not chosen its inline format itself, other figures as
+    ``inline_format`` ("svg", or "retina" for a PNG at twice the pixels). Called once on import."""
+    mpl.rcParams.update(FIGURE_STYLE)
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import InlineBackend
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    backend = InlineBackend.instance()
+    if set(backend.figure_formats) == {"png"}:  # leave a notebook's own choice (e.g. jpeg)
+        backend.figure_formats = {inline_format}
+    formatters = shell.display_formatter.formatters
+    for mime in ("image/png", "image/svg+xml", "application/pdf"):
+        formatters[mime].for_type(PhotoFigure, lambda fig: None)
+    formatters["image/jpeg"].for_type(PhotoFigure, _photo_jpeg)
+
+
+use_figure_style()
 
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -92,7 +158,7 @@ def plot_patches(
     map_size: tuple[int, int] | None = None,
     titles: list[str] | None = None,
     fill: bool = True,
-    size: float = 1.4,
+    size: float = 1.6,
 ) -> Figure:
     """Images side by side with the region each patch samples drawn over them.
 
@@ -113,7 +179,7 @@ def plot_patches(
         raise ValueError(f"thetas has {thetas.shape[0]} images' patches for {len(imgs)} images")
     height, width = imgs[0].shape[:2]
     n, p = len(imgs), thetas.shape[1]
-    fig = Figure(figsize=(size * n, size * height / width), dpi=80)
+    fig = PhotoFigure(figsize=(size * n, size * height / width))
     axes = fig.subplots(1, n, squeeze=False)[0]
     colors = [f"C{i % 10}" for i in range(p)]
     corners = patch_corners(thetas, (height, width), map_size).numpy()
@@ -134,7 +200,7 @@ def plot_patches(
         ax.set_ylim(height - 0.5, -0.5)
         ax.set_axis_off()
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+            ax.set_title(titles[i], fontsize=SMALL)
     fig.tight_layout(pad=0.2)
     return fig
 
@@ -244,14 +310,14 @@ def plot_ranked_lists(
     q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
     g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
     rows = len(queries)
-    fig = Figure(figsize=(min(8.0, 0.62 * (k + 1) + 0.4), 1.45 * rows + 0.35), dpi=72)
+    fig = PhotoFigure(figsize=(min(9.0, 0.8 * (k + 1) + 0.4), 1.95 * rows + 0.6))
     axes = fig.subplots(rows, k + 1, squeeze=False)
     for row, q in zip(axes, queries):
         ap = result.ap[q]
         row[0].imshow(_load_image(q_images[q]), interpolation="nearest")
         _frame(row[0], QUERY, 3.5)
         ap_text = "AP n/a" if np.isnan(ap) else f"AP {ap:.3f}"
-        row[0].set_title(f"q{q} pid {q_pids[q]} c{q_camids[q]}\n{ap_text}", fontsize=7)
+        row[0].set_title(f"q{q} pid {q_pids[q]} c{q_camids[q]}\n{ap_text}", fontsize=SMALL)
         idx, dist, match = evaluation.rank_gallery(
             d[q], q_pids[q], q_camids[q], g_pids, g_camids, k
         )
@@ -261,11 +327,11 @@ def plot_ranked_lists(
                 continue
             ax.imshow(_load_image(g_images[idx[j]]), interpolation="nearest")
             _frame(ax, MATCH if match[j] else MISS)
-            ax.set_title(f"#{j + 1}\n{dist[j]:.3f}", fontsize=7)
+            ax.set_title(f"#{j + 1}\n{dist[j]:.3f}", fontsize=SMALL)
     name = f"{title}: " if title else ""
-    fig.suptitle(f"{name}{heading}; green = same identity, red = other", fontsize=9)
+    fig.suptitle(f"{name}{heading}; green = same identity, red = other")
     fig.subplots_adjust(
-        left=0.02, right=0.98, bottom=0.02, top=1 - 0.55 / fig.get_figheight(), hspace=0.45
+        left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / fig.get_figheight(), hspace=0.45
     )
     return fig
 
@@ -279,7 +345,7 @@ def _cmc_values(curve: Any) -> np.ndarray:
 def plot_cmc(
     curves: Mapping[str, Any],
     max_rank: int = 20,
-    figsize: tuple[float, float] = (5.0, 3.2),
+    figsize: tuple[float, float] = (6.0, 3.8),
     title: str = "CMC (first match)",
 ) -> Figure:
     """CMC curves of several models on one plot, rank-1 in each legend entry.
@@ -295,7 +361,7 @@ def plot_cmc(
     """
     if not curves:
         raise ValueError("curves is empty: pass {name: RankResult or CMC array}")
-    fig = Figure(figsize=figsize, dpi=80)
+    fig = Figure(figsize=figsize)
     ax = fig.subplots()
     for name, curve in curves.items():
         cmc = _cmc_values(curve)[:max_rank]
@@ -307,8 +373,8 @@ def plot_cmc(
     ax.set_ylim(0, 101)
     ax.set_xlim(0.5, max_rank + 0.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -325,7 +391,7 @@ def _numeric_list(value: Any, length: int) -> bool:
 def plot_history(
     history: Mapping[str, Any],
     loss_keys: Sequence[str] | None = None,
-    figsize: tuple[float, float] = (8.0, 3.0),
+    figsize: tuple[float, float] = (9.0, 3.4),
 ) -> Figure:
     """Training curves: losses per epoch (left), retrieval accuracy per evaluation (right).
 
@@ -364,7 +430,7 @@ def plot_history(
             "history has nothing to plot: expected per-epoch loss lists (e.g. 'loss') and/or "
             "'eval': [{'epoch', 'mAP', 'rank1'}, ...]"
         )
-    fig = Figure(figsize=figsize if panels == 2 else (figsize[0] / 2 + 0.5, figsize[1]), dpi=80)
+    fig = Figure(figsize=figsize if panels == 2 else (figsize[0] / 2 + 0.5, figsize[1]))
     axes = list(np.atleast_1d(fig.subplots(1, panels)))
     if keys:
         ax = axes.pop(0)
@@ -373,9 +439,9 @@ def plot_history(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax.set_title("training losses", fontsize=10)
+        ax.set_title("training losses")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend()
     if metrics:
         ax = axes.pop(0)
         values = [float(e[m]) for e in evals for m in metrics if m in e]
@@ -387,8 +453,70 @@ def plot_history(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("%")
-        ax.set_title("retrieval on the target", fontsize=10)
+        ax.set_title("retrieval on the target")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+_RESULT_ROWS = (
+    "direct_transfer",
+    "adabn",
+    "pedal_only",
+    "ipfl_only",
+    "paul",
+    "paul_adabn",
+    "oracle",
+)
+_RESULT_COLORS = ("C7", "C0", "C1", "C1", "C2", "C2", "C3")
+
+
+def plot_results(table: Mapping[str, Any], figsize: tuple[float, float] = (11.0, 3.8)) -> Figure:
+    """The held-out results of one preset (an entry of ``docs/results.json``): target mAP per
+    row, mean with one standard deviation over all runs and the best colour histogram as a
+    dashed line (left); direct transfer, AdaBN and PAUL joined per run (right).
+
+    Taught in: notebooks/07_evaluation.ipynb (section 8); drawn into docs/results.png by
+    :func:`paulkit.reproduce.render_results_figure`.
+    """
+    missing = [r for r in (*_RESULT_ROWS, "per_seed", "histogram") if r not in table]
+    if missing:
+        raise ValueError(
+            f"results table lacks {missing}: make it with `python -m paulkit reproduce`"
+        )
+    means = [100 * table[r]["mAP"] for r in _RESULT_ROWS]
+    stds = [100 * table[r].get("mAP_std", 0.0) for r in _RESULT_ROWS]
+    fig = Figure(figsize=figsize)
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    ax.bar(
+        _RESULT_ROWS,
+        means,
+        yerr=stds,
+        capsize=3,
+        color=_RESULT_COLORS,
+        label="mean ± std over runs",
+    )
+    hist = table["histogram"]
+    ax.axhline(
+        100 * hist["mAP"],
+        ls="--",
+        color="k",
+        lw=1,
+        label=f"colour histogram ({hist['descriptor']})",
+    )
+    ax.set_ylabel("target mAP (%)")
+    ax.set_title(
+        f"held-out draws: data seeds {table.get('data_seeds')} x model seeds {table.get('seeds')}"
+    )
+    ax.legend(loc="upper left")
+    ax.tick_params(axis="x", rotation=20)
+    paired = ("direct_transfer", "adabn", "paul")
+    for run, r in table["per_seed"].items():
+        ax2.plot(range(3), [100 * r[k]["mAP"] for k in paired], marker="o", ms=4, lw=1, label=run)
+    ax2.set_xticks(range(3), ["direct", "AdaBN", "PAUL"])
+    ax2.set_ylabel("target mAP (%)")
+    ax2.set_title("each held-out run")
+    ax2.legend(fontsize=SMALL, ncol=2)
     fig.tight_layout()
     return fig

@@ -106,3 +106,12 @@ def test_roots_follow_environment(monkeypatch, tmp_path):
     assert paths.data_root() == tmp_path / "d"
     assert paths.data_root(tmp_path) == tmp_path
     assert paths.output_root() == tmp_path / "o"
+
+
+def test_shown_path_is_relative_inside_the_project_only(tmp_path):
+    root = paths.project_root()
+    assert (
+        paths.shown_path(root / "outputs" / "tutorial" / "pretrain.pt")
+        == "outputs/tutorial/pretrain.pt"
+    )
+    assert paths.shown_path(tmp_path / "x.pt") == str(tmp_path / "x.pt")

@@ -137,3 +137,32 @@ def test_history_is_tolerant():
     assert [line.get_label() for line in mismatched.axes[0].get_lines()] == ["loss"]
     with pytest.raises(ValueError, match="nothing to plot"):
         viz.plot_history({"epoch": [1, 2], "eval": []})
+
+
+def test_plot_results_draws_the_results_json_and_names_what_is_missing(tmp_path):
+    import json
+    from pathlib import Path
+
+    from paulkit import reproduce
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    table = json.loads((docs / "results.json").read_text())["tutorial"]
+    fig = viz.plot_results(table)
+    bars, runs = fig.axes
+    assert len(bars.patches) == 7 and bars.get_ylabel() == "target mAP (%)"
+    assert len(runs.lines) == len(table["per_seed"]) and runs.get_legend() is not None
+    with pytest.raises(ValueError, match="paulkit reproduce"):
+        viz.plot_results({k: v for k, v in table.items() if k != "adabn"})
+    (tmp_path / "results.json").write_text(json.dumps({"tutorial": table}))
+    out = reproduce.render_results_figure(tmp_path)
+    assert out == tmp_path / "results.png" and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no preset"):
+        reproduce.render_results_figure(tmp_path, preset="synth_small")
+
+
+def test_photo_figures_are_figures_and_the_style_is_readable():
+    import matplotlib as mpl
+
+    assert issubclass(viz.PhotoFigure, viz.Figure)
+    assert mpl.rcParams["font.size"] >= 10 and mpl.rcParams["legend.fontsize"] >= 9
+    assert viz.SMALL >= 9

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from paulkit.paths import data_root
+from paulkit.paths import data_root, shown_path
 
 __all__ = [
     "ImageRecord",
@@ -276,8 +276,9 @@ class ReidDataset:
 
     def stats_table(self) -> str:
         """The statistics as a small text table (what :meth:`print_stats` prints)."""
+
         lines = [
-            f"{self.name} ({self.root})",
+            f"{self.name} ({shown_path(self.root)})",
             "  subset   |   # ids | # images | # cameras",
             "  ---------+---------+----------+----------",
         ]
