@@ -21,7 +21,7 @@ for display only: nothing in training reads it.
 scikit-learn (DBSCAN, the scores) is imported inside the functions that use it, so
 ``import paulkit`` does not pay for it.
 
-Taught in: notebooks/09_beyond_paul.ipynb (to come).
+Taught in: notebooks/09_beyond_paul.ipynb.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def jaccard_distance(
         - features: (N, D), N >= k1
         - output: (N, N)
 
-    Taught in: notebooks/09_beyond_paul.ipynb (to come).
+    Taught in: notebooks/09_beyond_paul.ipynb.
     """
     _check_features(features)
     n = features.shape[0]
@@ -390,7 +390,7 @@ class ClusterMemory(nn.Module):
         - features: (N, D); labels: (N,)
         - update's features: (B, D); labels: (B,) in 0..K-1
 
-    Taught in: notebooks/09_beyond_paul.ipynb (to come).
+    Taught in: notebooks/09_beyond_paul.ipynb.
     """
 
     centroids: torch.Tensor
