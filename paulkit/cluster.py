@@ -18,6 +18,11 @@ repeats, once per epoch:
 :func:`pseudo_label_quality` scores the pseudo-labels against hidden identities (NMI, ARI)
 for display only: nothing in training reads it.
 
+Training (:func:`train_cluster`, :func:`train_or_load`; ``python -m paulkit cluster``) runs
+that loop from the source-pretrained PatchNet PAUL adapts, with the authors' P x K sampler
+(:func:`pk_batches`), augmentation (:func:`train_transform`) and Adam, and checkpoints every
+epoch (phase ``"cluster"``, :func:`settings`). Defaults: ``paulkit.config.ClusterConfig``.
+
 scikit-learn (DBSCAN, the scores) is imported inside the functions that use it, so
 ``import paulkit`` does not pay for it.
 
@@ -41,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from paulkit import config as C
 from paulkit import data as D
+from paulkit import distributed as ddp
 from paulkit import evaluation, models, train, utils
 
 __all__ = [
@@ -855,6 +861,10 @@ def train_cluster(
     ``checkpoint`` is written atomically after every epoch; an existing one with the same
     :func:`settings` is resumed, another refused; ``restart`` moves it aside first.
 
+    One process trains (no DistributedDataParallel): under torchrun (``paulkit reproduce``
+    launched on several GPUs) every rank trains the same model on its own device and only
+    rank 0 writes the checkpoint.
+
     Returns:
         ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``lr``,
         ``num_clusters``, ``outlier_share``, ``nmi``, ``ari`` (against the hidden identities:
@@ -863,7 +873,10 @@ def train_cluster(
     """
 
     C.validate(cfg)
-    lock = utils.run_lock(Path(checkpoint).parent) if checkpoint else contextlib.nullcontext()
+    rank0 = ddp.env_rank() == 0
+    lock = (
+        utils.run_lock(Path(checkpoint).parent, rank0) if checkpoint else contextlib.nullcontext()
+    )
     with lock:
         return _train_cluster(
             cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart
@@ -896,8 +909,9 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, ev
     start = 0
     if checkpoint is not None and (Path(checkpoint).exists() or Path(checkpoint).is_symlink()):
         if restart:
-            moved = utils.move_aside(checkpoint)
-            print(f"--restart: moved {checkpoint} aside to {moved.name}")
+            if ddp.env_rank() == 0:  # the other ranks start afresh without touching it
+                moved = utils.move_aside(checkpoint)
+                print(f"--restart: moved {checkpoint} aside to {moved.name}")
         else:
             state = check_checkpoint(utils.load_checkpoint(checkpoint), cfg, checkpoint)
             model.load_state_dict(state["model"])
@@ -958,7 +972,7 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, ev
             history["eval"].append(
                 {"epoch": epoch + 1, **train.evaluate_model(model, target, cfg, rt, progress)}
             )
-        if checkpoint is not None:
+        if checkpoint is not None and ddp.env_rank() == 0:
             _save(checkpoint, cfg, epoch + 1, model, optimizer, history)
     return model, history
 
@@ -992,7 +1006,7 @@ def train_or_load(
     C.validate(cfg)
     path = train.checkpoint_path(cfg, PHASE, tag, out)
     dev = train.make_runtime(cfg, device, distributed=False).device
-    with utils.run_lock(path.parent):
+    with utils.run_lock(path.parent, enabled=ddp.env_rank() == 0):
         if path.exists() and not restart:
             state = check_checkpoint(utils.load_checkpoint(path), cfg, path)
             if state["epoch"] >= cfg.cluster.epochs:
@@ -1001,7 +1015,14 @@ def train_or_load(
                 return model, state["history"]
             print(f"resuming {PHASE} from {path} at epoch {state['epoch']} of {cfg.cluster.epochs}")
         if pretrained is None:
-            pretrained, _ = train.train_or_load(
-                cfg, "pretrain", device=dev, out=out, progress=progress
-            )
+            try:
+                pretrained, _ = train.train_or_load(
+                    cfg, "pretrain", device=dev, out=out, progress=progress
+                )
+            except train.CheckpointMismatch:
+                if not restart:
+                    raise
+                pretrained, _ = train.train_or_load(
+                    cfg, "pretrain", device=dev, out=out, progress=progress, restart=True
+                )
         return train_cluster(cfg, pretrained, dev, path, progress=progress, restart=restart)

@@ -177,3 +177,9 @@ def test_cli_trains_loads_and_evaluates_a_cluster_checkpoint(tmp_path, capsys):
     assert "cluster epoch 1" in out and "mAP(step)" in out
     assert cli.main(args + ["--set", "cluster.k2=99"]) == 2
     assert "cluster.k2=99" in capsys.readouterr().err
+    # another setting is refused naming the key; --restart moves the checkpoint aside
+    assert cli.main(args + sets + ["--set", "cluster.eps=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.eps" in err and "--restart" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(args + sets + ["--set", "cluster.eps=0.5", "--restart"]) == 0
+    assert len(list(path.parent.glob("cluster.pt.old-*"))) == 1 and path.exists()
