@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from paulkit import models, train, utils
+from paulkit import models, runtime, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=84)
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
-    dev = utils.select_device(args.device)
+    dev = runtime.select_device(args.device)
     model = models.PatchNet(arch=args.arch, weights=None).to(dev)
     x = torch.randn(args.images, 3, args.height, args.width)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), args.batch)

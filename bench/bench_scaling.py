@@ -1,15 +1,16 @@
 """Scale-out cost of PAUL's memories: the per-step all-gather + update beside the step.
 
-In one run, for 1 and for 2 processes (gloo over 127.0.0.1, on the CPU), every rank does what
-``paulkit.train.adapt_epoch`` does after the forward pass, at Market-1501 scale (N = 12,936
-memory slots, global batch B = 42 images x 2 views, P = 6, D = 256, E = 768):
+In one run, for 1 and for 2 processes (gloo over 127.0.0.1, on the CPU), every rank calls
+``paulkit.train.paul_step`` - the function training calls after the forward pass - and its
+backward, at Market-1501 scale (N = 12,936 memory slots, global batch B = 42 images x 2
+views, P = 6, D = 256, E = 768):
 
-- **gather**: all-gather of the batch's indices, first-view patch features (b, P, D) and
-  image-level features (b*2, E) (``paulkit.distributed.all_gather_cat``, b = B / W);
-- **update**: ``PatchMemory.update`` and ``ImageMemory.update`` with the whole global batch
-  (every rank applies the same update);
-- **losses**: PEDAL for the rank's b images against the whole bank, IPFL for its views against
-  the gathered centres (``owner_offset``), and their backward.
+- **gather**: the time spent inside the step's all-gathers of the batch's indices, first-view
+  patch features (b, P, D) and image-level features (b*2, E) (``Runtime.gather``, i.e.
+  ``paulkit.distributed.all_gather_cat``; b = B / W);
+- **step**: the whole step: the gathers, both memory updates with the global batch (every
+  rank applies the same update), PEDAL for the rank's b images against the whole bank, IPFL
+  for its views against the gathered centres, and their backward.
 
 The network is left out (the features are leaf tensors): the forward/backward of the network
 and DDP's gradient all-reduce are what a real step adds. For the latter, the script also
@@ -40,8 +41,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from paulkit import config as C
 from paulkit import distributed as ddp
-from paulkit import losses, memory
+from paulkit import memory, train
 
 
 def _free_port() -> int:
@@ -73,36 +75,36 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
     im = memory.ImageMemory(n, e)
     every = torch.arange(n)
     pm.update(every, F.normalize(torch.randn(n, p, d, generator=g), dim=-1))
-    im.update(every, 0.3 * torch.randn(n, e, generator=g), num=1)
+    im.update(every, 0.3 * torch.randn(n, e, generator=g), num_views=1)
+    a = C.AdaptConfig(batch_size=big_b, num_views=num)  # PEDAL x 2 + IPFL, the paper's settings
+    waited = [0.0, 0.0]  # wall and CPU seconds spent inside the all-gathers of this step
+
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        c, t = time.process_time(), time.perf_counter()
+        out = ddp.all_gather_cat(x)
+        waited[0] += time.perf_counter() - t
+        waited[1] += time.process_time() - c
+        return out
+
     rows: list[dict[str, float]] = []
     for step in range(args.warmup + args.steps):
         index = torch.randperm(n, generator=g)[:big_b][rank * b : (rank + 1) * b]
         gl = torch.Generator().manual_seed(1000 * step + rank)  # this rank's own features
-        first = F.normalize(torch.randn(b, p, d, generator=gl), dim=-1).requires_grad_()
+        feats = F.normalize(torch.randn(b * num, p, d, generator=gl), dim=-1).requires_grad_()
         emb = (0.3 * torch.randn(b * num, e, generator=gl)).requires_grad_()
         dist.barrier()
+        waited[:] = [0.0, 0.0]
         c0, t0 = time.process_time(), time.perf_counter()
-        gi = ddp.all_gather_cat(index)
-        gf = ddp.all_gather_cat(first.detach())
-        ge = ddp.all_gather_cat(emb.detach())
-        t1 = time.perf_counter()
-        pm.update(gi, gf)
-        centers = im.update(gi, ge, num=num)
-        c2, t2 = time.process_time(), time.perf_counter()
-        loss = 2.0 * losses.pedal_loss(first, pm.bank, index, 15.0, 10)
-        loss = loss + losses.ipfl_loss(emb, centers, num, owner_offset=rank * b)
-        loss.backward()
-        c3, t3 = time.process_time(), time.perf_counter()
+        # the trained step itself (memories, then the losses), then its backward
+        train.paul_step(feats, emb, index, pm, im, a, gather, rank)["loss"].backward()
+        c1, t1 = time.process_time(), time.perf_counter()
         if step >= args.warmup:
             rows.append(
                 {
-                    "gather": t1 - t0,
-                    "update": t2 - t1,
-                    "sync": t2 - t0,
-                    "losses": t3 - t2,
-                    "step": t3 - t0,
-                    "sync_cpu": c2 - c0,
-                    "losses_cpu": c3 - c2,
+                    "gather": waited[0],
+                    "gather_cpu": waited[1],
+                    "step": t1 - t0,
+                    "step_cpu": c1 - c0,
                 }
             )
     allreduce = []
@@ -162,16 +164,16 @@ def main(argv: list[str] | None = None) -> None:
     res = {w: run(w, args) for w in args.worlds}
     ms = 1000.0
     print(
-        "| processes | per-rank batch | gather ms | update ms | sync ms (CPU) | losses ms (CPU) "
-        "| sync share | bytes gathered / step |"
+        "| processes | per-rank batch | gather ms (CPU) | step ms (CPU) | gather share "
+        "| bytes gathered / step |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for w, r in res.items():
-        share = r["sync"] / r["step"]
+        share = r["gather"] / r["step"]
         print(
-            f"| {w} | {args.batch // w} | {r['gather'] * ms:.1f} | {r['update'] * ms:.1f} | "
-            f"{r['sync'] * ms:.1f} ({r['sync_cpu'] * ms:.1f}) | {r['losses'] * ms:.1f} "
-            f"({r['losses_cpu'] * ms:.1f}) | {share:.1%} | {r['bytes'] / 1e6:.2f} MB |"
+            f"| {w} | {args.batch // w} | {r['gather'] * ms:.1f} ({r['gather_cpu'] * ms:.1f}) | "
+            f"{r['step'] * ms:.1f} ({r['step_cpu'] * ms:.1f}) | {share:.1%} | "
+            f"{r['bytes'] / 1e6:.2f} MB |"
         )
     mb = args.grad_params * 4 / 1e6
     for w, r in res.items():

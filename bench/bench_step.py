@@ -2,7 +2,8 @@
 
 Times, in one run and interleaved (so that a busy machine slows all three alike):
 
-- ``paulkit``: PatchMemory/ImageMemory updates, ``pedal_loss`` and ``ipfl_loss``, backward;
+- ``paulkit``: ``paulkit.train.paul_step`` (the function training calls: both memory updates,
+  2 x ``pedal_loss`` + ``ipfl_loss``) and its backward;
 - ``loop form``: the loop-form transcription of docs/paper.md in tests/reference.py (loops over
   patches, images and cycle-ranking candidates, as the official code runs);
 - ``naive``: a straightforward vectorised PEDAL (autograd through distances, masking, two
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import reference as R  # noqa: E402  (the loop-form transcription lives with the tests)
 
-from paulkit import losses, memory  # noqa: E402
+from paulkit import config as C  # noqa: E402
+from paulkit import losses, memory, train  # noqa: E402
 
 
 def _loadavg() -> tuple[float, ...]:
@@ -64,15 +66,11 @@ def make_inputs(n, p, d, b, num, e, device, seed=0):
 
 
 def paulkit_step(pm, im, feats, emb, index, num, scale=15.0, k=10):
+    """The trained step itself (``paulkit.train.paul_step``) and its backward."""
     feats = feats.detach().requires_grad_()
     emb = emb.detach().requires_grad_()
-    b = index.numel()
-    first = feats.view(b, num, *feats.shape[1:])[:, 0]
-    pm.update(index, first.detach())
-    centers = im.update(index, emb.detach(), num=num)
-    pedal = losses.pedal_loss(first, pm.bank, index, scale, k, bank_sq_norms=pm.sq_norms)
-    ipfl = losses.ipfl_loss(emb, centers, num)
-    loss = 2.0 * pedal + ipfl
+    a = C.AdaptConfig(num_views=num, pedal_scale=scale, pedal_k=k)  # PEDAL x 2 + IPFL
+    loss = train.paul_step(feats, emb, index, pm, im, a)["loss"]
     loss.backward()
     return loss.detach(), feats.grad, emb.grad
 
@@ -106,7 +104,7 @@ def naive_step(pm, im, feats, emb, index, num, scale=15.0, k=10):
     b = index.numel()
     first = feats.view(b, num, *feats.shape[1:])[:, 0]
     pm.update(index, first.detach())
-    centers = im.update(index, emb.detach(), num=num)
+    centers = im.update(index, emb.detach(), num_views=num)
     loss = 2.0 * naive_pedal(first, pm.bank, index, scale, k) + losses.ipfl_loss(emb, centers, num)
     loss.backward()
     return loss.detach(), feats.grad, emb.grad
@@ -198,7 +196,7 @@ def main(argv=None) -> None:
     im = memory.ImageMemory(n, e).to(dev)
     all_idx = torch.arange(n, device=dev)
     pm.update(all_idx, bank)  # the initialisation pass
-    im.update(all_idx, centers, num=1)
+    im.update(all_idx, centers, num_views=1)
     ref_bank, ref_seen = bank.clone(), torch.ones(n, dtype=torch.bool)
     ref_centers, ref_cseen = centers.clone(), torch.ones(n, dtype=torch.bool)
 

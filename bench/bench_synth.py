@@ -1,6 +1,6 @@
 """Benchmark the synthetic generator (images per second) and a colour-histogram baseline.
 
-Run: ``.venv/bin/python bench/bench_synth.py`` (tiny and small; ``--presets tiny`` for one,
+Run: ``.venv/bin/python bench/bench_synth.py`` (sizes tiny and small; ``--sizes tiny`` for one,
 ``--no-baseline`` to skip the histogram retrieval; ``--gap-check`` adds a few CPU minutes of
 training, see :func:`gap_check`). Generates into a temporary folder, so the
 embedded data under ``data/synth`` is left alone. Prints wall-clock and CPU images/s (the
@@ -17,6 +17,7 @@ accessories, views and camera casts are meant to keep it a baseline.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,30 +184,38 @@ def gap_check(source: Path, target: Path, epochs: int = 12) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--sizes", nargs="+", default=None, help="default: tiny small")
+    # the old spelling of --sizes, read with a deprecation message until the next release
+    parser.add_argument("--presets", nargs="+", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--gap-check", action="store_true", help="train a small CNN (minutes)")
     args = parser.parse_args()
+    if args.presets is not None:
+        print(
+            "bench_synth: --presets is deprecated and goes in the next release: use --sizes",
+            file=sys.stderr,
+        )
+    sizes = args.sizes or args.presets or ["tiny", "small"]
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in args.presets:
+        for size in sizes:
             for domain in ("source", "target"):
                 synth._CAMERA_CACHE.clear()  # count the cameras' scenes too
                 t0, c0 = time.perf_counter(), time.process_time()
-                folder = synth.generate(tmp, domain, preset, args.seed)
+                folder = synth.generate(tmp, domain, size, args.seed)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 n = sum(1 for _ in folder.rglob("*.jpg"))
                 print(
-                    f"synth {preset:<6} {domain:<6}: {n:6d} images in {wall:6.1f} s wall "
+                    f"synth {size:<6} {domain:<6}: {n:6d} images in {wall:6.1f} s wall "
                     f"({n / wall:5.0f} img/s), {cpu:6.1f} s CPU ({n / cpu:5.0f} img/s per core)"
                 )
             if not args.no_baseline:
                 base = Path(tmp)
                 for domain in ("source", "target"):
-                    folder = base / synth.folder_name(domain, preset, args.seed)
+                    folder = base / synth.folder_name(domain, size, args.seed)
                     for name, (m, r1) in histogram_baseline(folder).items():
                         print(
-                            f"  colour histogram {preset} {domain}, {name}: mAP {m:.1f}  rank-1 {r1:.1f}"
+                            f"  colour histogram {size} {domain}, {name}: mAP {m:.1f}  rank-1 {r1:.1f}"
                         )
 
 

@@ -88,7 +88,7 @@ FULL = dict(
     eval_ids=750,
     eval_distractors=2798,
     eval_repeat=3,
-    synth_preset="small",
+    synth_size="small",
     pretrain_epochs=2,
     adapt_epochs=2,
     limit_train=0,
@@ -115,7 +115,7 @@ DRY = dict(
     eval_ids=50,
     eval_distractors=100,
     eval_repeat=1,
-    synth_preset="tiny",
+    synth_size="tiny",
     pretrain_epochs=2,
     adapt_epochs=1,
     limit_train=48,
@@ -417,7 +417,7 @@ def _step_times(BS, n, p, d, b, num, e, dev, rounds):
     im = memory.ImageMemory(n, e).to(dev)
     all_idx = torch.arange(n, device=dev)
     pm.update(all_idx, bank)  # the initialisation pass
-    im.update(all_idx, centers, num=1)
+    im.update(all_idx, centers, num_views=1)
     bank_pnd = pm.bank.transpose(0, 1)
     first_pbd = feats.view(b, num, p, d)[:, 0].transpose(0, 1).contiguous()
 
@@ -583,7 +583,7 @@ def part_adaptation(ctx) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from paulkit import memory, train
+    from paulkit import memory, runtime, train
 
     S, dev = ctx.sizes, ctx.device
     n, b, num = S["slots"], S["batch"], S["views"]
@@ -608,7 +608,7 @@ def part_adaptation(ctx) -> dict:
         log(f"adaptation: {mode}")
         try:
             cfg, _ = _cfg(ctx, f"amp={amp}")
-            rt = train.make_runtime(cfg, dev, distributed=False)
+            rt = runtime.make_runtime(cfg, dev, distributed=False)
             a, m = cfg.adapt, cfg.model
             _reset_peak(dev)
             torch.manual_seed(0)
@@ -626,7 +626,7 @@ def part_adaptation(ctx) -> dict:
             all_idx = torch.arange(n, device=dev)  # the initialisation pass, random features
             pf = F.normalize(torch.randn(n, m.num_patches, m.patch_dim, device=dev), dim=-1)
             pm.update(all_idx, pf)
-            im.update(all_idx, torch.randn(n, m.num_patches * m.embed_dim, device=dev), num=1)
+            im.update(all_idx, torch.randn(n, m.num_patches * m.embed_dim, device=dev), num_views=1)
             del pf
             warm = [batches[i % len(batches)] for i in range(S["warmup"])]
             timed = [batches[i % len(batches)] for i in range(S["steps"])]
@@ -757,13 +757,13 @@ def part_synth_run(ctx) -> dict:
     os.environ["PAULKIT_SYNTH"] = str(base / "synth")
     os.environ["PAULKIT_OUT"] = str(base / "outputs")
     t0 = time.perf_counter()
-    src, tgt = D.synth.embedded(S["synth_preset"], 0, root=base / "synth")
+    src, tgt = D.synth.embedded(S["synth_size"], 0, root=base / "synth")
     gen_s = time.perf_counter() - t0
     ctx.setup["synth_generation_s"] = gen_s
     log(f"synth_run: data made in {gen_s:.1f} s ({src.name}, {tgt.name})")
     pe, ae = S["pretrain_epochs"], S["adapt_epochs"]
     sets = [
-        f"data.synth_preset={S['synth_preset']}",
+        f"data.synth_size={S['synth_size']}",
         f"data.num_workers={S['workers']}",
         f"data.limit_train={S['limit_train']}",
         f"pretrain.epochs={pe}",
@@ -792,7 +792,7 @@ def part_synth_run(ctx) -> dict:
     evals = ha.get("eval", [])
     keep = ("mAP", "rank1", "rank5", "mINP")
     res = {
-        "synth_preset": S["synth_preset"],
+        "synth_size": S["synth_size"],
         "config": cfg.name,
         "overrides": sets,
         "arch": cfg.model.arch,

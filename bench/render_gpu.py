@@ -138,9 +138,10 @@ def render(data: dict | None, source: str = "docs/gpu.json") -> str:
         rows.append(("synth_gpu pretrain + adapt", _status(sr), ""))
     else:
         pre, ada = sr.get("pretrain", {}), sr.get("adapt", {})
+        size = sr.get("synth_size", sr.get("synth_preset"))  # older records: synth_preset
         rows.append(
             (
-                f"synth_gpu run ({sr.get('synth_preset')} data, {sr.get('arch')} at "
+                f"synth_gpu run ({size} data, {sr.get('arch')} at "
                 f"{sr.get('input')}, {pre.get('epochs')} + {ada.get('epochs')} epochs)",
                 f"data {_n(sr.get('synth_generation_s'))} s; pretrain "
                 f"{_n(pre.get('seconds'))} s ({_list(pre.get('images_per_s'))} img/s, loss "

@@ -30,7 +30,7 @@ import time
 import torch
 
 from paulkit import config as C
-from paulkit import reproduce, train
+from paulkit import reproduce, runtime, train
 from paulkit.data import synth
 
 # The target of generator version 2 (the first session's default): darker, more colourful
@@ -98,7 +98,7 @@ def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> st
         cfg = C.override(C.get_preset(preset), "data.synth_seed=0", f"seed={seed}", *sets)
         cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, eval_every=2))
         t0 = time.perf_counter()
-        rt = train.make_runtime(cfg, device)
+        rt = runtime.make_runtime(cfg, device)
         # one pretraining per source domain; the oracle reads this experiment's target
         src = f"source-{synth.DOMAINS['source'].digest()[:8]}" if source_knobs else ""
         pre, _ = train.train_or_load(

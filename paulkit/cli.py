@@ -1,7 +1,9 @@
 """Command line: ``python -m paulkit`` (also installed as ``paulkit``).
 
-Subcommands: ``synth`` (make the embedded data), ``pretrain``, ``adapt``, ``cluster``
-(Cluster Contrast from the same pretrained model), ``evaluate``, ``reproduce``. Each takes ``--preset`` plus ``--set key=value`` overrides; bad arguments and
+Subcommands: ``synth`` (make the embedded data; ``--size``), ``pretrain``, ``adapt``,
+``cluster`` (Cluster Contrast from the same pretrained model), ``evaluate``, ``reproduce``.
+Each of the last five takes ``--preset`` (a whole run's config)
+plus ``--set key=value`` overrides; bad arguments and
 missing data end with one clear line and a non-zero exit, never a traceback.
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
-from paulkit import config, distributed, utils
+from paulkit import config, paths, runtime, utils
 from paulkit.utils import CheckpointError, RunLockError
 
 __all__ = ["main", "build_parser"]
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("synth", help="generate the embedded synthetic source/target data")
-    s.add_argument("--preset", default="tiny", help="size: tiny, small or market (default tiny)")
+    s.add_argument("--size", default=None, help="tiny, small or market (default tiny)")
+    # the old spelling of --size, read with a deprecation message until the next release
+    s.add_argument("--preset", dest="old_size", default=None, help=argparse.SUPPRESS)
     s.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     s.add_argument("--root", default=None, help="output folder (default data/synth)")
 
@@ -96,9 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _deprecated(command: str, message: str) -> None:
+    print(f"paulkit {command}: warning: {message}", file=sys.stderr)
+
+
+def _override(cfg: config.Config, items: list[str], command: str) -> config.Config:
+    """:func:`paulkit.config.override`; a deprecated key's warning printed as one line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        cfg = config.override(cfg, *items)
+    for w in caught:
+        _deprecated(command, str(w.message))
+    return cfg
+
+
+def _synth_size(args: argparse.Namespace) -> str:
+    if args.old_size is None:
+        return args.size or "tiny"
+    _deprecated("synth", "--preset is deprecated and goes in the next release: use --size")
+    if args.size is not None and args.size != args.old_size:
+        raise CliError(f"--size {args.size} and --preset {args.old_size}: give --size only")
+    return args.old_size
+
+
 def _cfg(args: argparse.Namespace) -> config.Config:
     cfg = config.preset_from_env(args.preset)
-    cfg = config.override(cfg, *args.overrides)
+    cfg = _override(cfg, args.overrides, args.command)
     if args.data is not None:
         cfg = config.override(cfg, f"data.root={args.data}")
     if getattr(args, "seed", None) is not None:
@@ -109,15 +137,16 @@ def _cfg(args: argparse.Namespace) -> config.Config:
 # What `evaluate --set` may change in the checkpoint's own config: where and which target
 # data it is evaluated on, and how the images are read. Everything else is fixed by the
 # checkpoint; `seed` only picks the default checkpoint (outputs/<preset>/seed<s>/adapt.pt).
-EVAL_KEYS = ("data.root", "data.num_workers", "data.target", "data.synth_preset", "data.synth_seed")
+EVAL_KEYS = ("data.root", "data.num_workers", "data.target", "data.synth_size", "data.synth_seed")
 
 
 def _eval_overrides(args: argparse.Namespace) -> list[str]:
     keep = []
     for item in args.overrides:
-        key = item.split("=", 1)[0].strip()
+        key, _, value = item.partition("=")
+        key = config.RENAMED.get(key.strip(), key.strip())  # _cfg has warned of an old name
         if key in EVAL_KEYS:
-            keep.append(item)
+            keep.append(f"{key}={value}")
         elif key == "seed" and args.checkpoint is None:
             continue  # picks the checkpoint file
         else:
@@ -158,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "synth":
         from paulkit.data import synth
 
-        synth.main_generate(args.preset, args.seed, root=args.root)
+        synth.main_generate(_synth_size(args), args.seed, root=args.root)
         return 0
     from paulkit import train
 
@@ -168,19 +197,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         return _evaluate(args, cfg, progress)
     config.validate(cfg)  # before any data is read or anything trained
-    utils.check_writable(args.out if args.out is not None else config.output_root())
+    utils.check_writable(args.out if args.out is not None else paths.output_root())
     print(f"preset {cfg.name} (config {config.config_hash(cfg)}), seed {cfg.seed}")
+    rt = runtime.make_runtime(cfg, args.device)  # once per command (joins torchrun's group)
     if args.command == "pretrain":
         phase = "oracle" if args.oracle else "pretrain"
         _, hist = train.train_or_load(
-            cfg, phase, device=args.device, out=args.out, progress=progress, restart=args.restart
+            cfg, phase, device=rt, out=args.out, progress=progress, restart=args.restart
         )
         print(f"{phase}: {len(hist['epoch'])} epochs, final loss {hist['loss'][-1]:.4f}")
         print(f"checkpoint: {train.checkpoint_path(cfg, phase, out=args.out)}")
         return 0
     if args.command == "adapt":
         _, hist = train.train_or_load(
-            cfg, "adapt", device=args.device, out=args.out, progress=progress, restart=args.restart
+            cfg, "adapt", device=rt, out=args.out, progress=progress, restart=args.restart
         )
         for row in hist["eval"]:
             print(f"epoch {row['epoch']:3d}: rank-1 {row['rank1']:.3f}  mAP {row['mAP']:.3f}")
@@ -190,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         from paulkit import cluster
 
         _, hist = cluster.train_or_load(
-            cfg, device=args.device, out=args.out, progress=progress, restart=args.restart
+            cfg, device=rt, out=args.out, progress=progress, restart=args.restart
         )
         for i, e in enumerate(hist["epoch"]):
             print(
@@ -209,13 +239,13 @@ def _run(args: argparse.Namespace) -> int:
         entry = reproduce.reproduce(
             cfg,
             args.seeds,
-            device=args.device,
+            device=rt,
             out=args.out,
             progress=progress,
             command=cmd,
             data_seeds=args.data_seeds,
         )
-        if distributed.env_rank() == 0:  # under torchrun, rank 0 writes
+        if runtime.env_rank() == 0:  # under torchrun, rank 0 writes
             reproduce.write_results(entry, cfg.name, args.docs)
         print(f"wrote {args.docs}/results.md and {args.docs}/results.json")
         return 0
@@ -236,7 +266,7 @@ def _evaluate(args: argparse.Namespace, cfg: config.Config, progress: bool) -> i
 
     keep = _eval_overrides(args)
     path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
-    rt = train.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
+    rt = runtime.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
     if cluster_checkpoint(path):
         from paulkit import cluster
 
@@ -284,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    distributed.quiet_other_ranks()  # under torchrun only rank 0 prints
+    runtime.quiet_other_ranks()  # under torchrun only rank 0 prints
     handler = logging.StreamHandler(sys.stdout)  # the data folders read, with their counts
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_Once())
@@ -308,4 +338,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         log.removeHandler(handler)
-        distributed.shutdown()
+        runtime.shutdown()

@@ -46,8 +46,7 @@ from torch.utils.data import DataLoader
 
 from paulkit import config as C
 from paulkit import data as D
-from paulkit import distributed as ddp
-from paulkit import evaluation, models, train, utils
+from paulkit import evaluation, models, runtime, train, utils
 
 __all__ = [
     "jaccard_distance",
@@ -863,7 +862,8 @@ def train_cluster(
 
     One process trains (no DistributedDataParallel): under torchrun (``paulkit reproduce``
     launched on several GPUs) every rank trains the same model on its own device and only
-    rank 0 writes the checkpoint.
+    rank 0 writes the checkpoint. ``device``: a device name or the caller's
+    :class:`paulkit.runtime.Runtime`.
 
     Returns:
         ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``lr``,
@@ -873,7 +873,7 @@ def train_cluster(
     """
 
     C.validate(cfg)
-    rank0 = ddp.env_rank() == 0
+    rank0 = runtime.env_rank() == 0
     lock = (
         utils.run_lock(Path(checkpoint).parent, rank0) if checkpoint else contextlib.nullcontext()
     )
@@ -887,7 +887,7 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, ev
 
     c = cfg.cluster
     utils.set_seed(cfg.seed, cfg.deterministic)
-    rt = train.make_runtime(cfg, device, distributed=False)
+    rt = runtime.make_runtime(cfg, device)  # ``device`` may be the caller's Runtime
     target = train.target_dataset(cfg)
     records = train.target_train(cfg, target)
     _check_data(len(records), c)
@@ -909,7 +909,7 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, ev
     start = 0
     if checkpoint is not None and (Path(checkpoint).exists() or Path(checkpoint).is_symlink()):
         if restart:
-            if ddp.env_rank() == 0:  # the other ranks start afresh without touching it
+            if runtime.env_rank() == 0:  # the other ranks start afresh without touching it
                 moved = utils.move_aside(checkpoint)
                 print(f"--restart: moved {checkpoint} aside to {moved.name}")
         else:
@@ -972,7 +972,7 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, ev
             history["eval"].append(
                 {"epoch": epoch + 1, **train.evaluate_model(model, target, cfg, rt, progress)}
             )
-        if checkpoint is not None and ddp.env_rank() == 0:
+        if checkpoint is not None and runtime.env_rank() == 0:
             _save(checkpoint, cfg, epoch + 1, model, optimizer, history)
     return model, history
 
@@ -1005,24 +1005,24 @@ def train_or_load(
 
     C.validate(cfg)
     path = train.checkpoint_path(cfg, PHASE, tag, out)
-    dev = train.make_runtime(cfg, device, distributed=False).device
-    with utils.run_lock(path.parent, enabled=ddp.env_rank() == 0):
+    rt = runtime.make_runtime(cfg, device)  # once; passed down
+    with utils.run_lock(path.parent, enabled=runtime.env_rank() == 0):
         if path.exists() and not restart:
             state = check_checkpoint(utils.load_checkpoint(path), cfg, path)
             if state["epoch"] >= cfg.cluster.epochs:
-                model, _ = load_model(path, dev)
+                model, _ = load_model(path, rt.device)
                 print(f"loaded {PHASE} checkpoint {path} (epoch {state['epoch']})")
                 return model, state["history"]
             print(f"resuming {PHASE} from {path} at epoch {state['epoch']} of {cfg.cluster.epochs}")
         if pretrained is None:
             try:
                 pretrained, _ = train.train_or_load(
-                    cfg, "pretrain", device=dev, out=out, progress=progress
+                    cfg, "pretrain", device=rt, out=out, progress=progress
                 )
             except train.CheckpointMismatch:
                 if not restart:
                     raise
                 pretrained, _ = train.train_or_load(
-                    cfg, "pretrain", device=dev, out=out, progress=progress, restart=True
+                    cfg, "pretrain", device=rt, out=out, progress=progress, restart=True
                 )
-        return train_cluster(cfg, pretrained, dev, path, progress=progress, restart=restart)
+        return train_cluster(cfg, pretrained, rt, path, progress=progress, restart=restart)

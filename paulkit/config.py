@@ -1,4 +1,4 @@
-"""Configuration: frozen dataclasses, named presets, and the places paulkit reads and writes.
+"""Configuration: frozen dataclasses and named presets (the folders: :mod:`paulkit.paths`).
 
 One setting picks the size of every run: the environment variable ``PAULKIT_PRESET``
 (read by :func:`preset_from_env`). CI and a CPU get the small ``tutorial`` preset without
@@ -13,9 +13,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
+
+from paulkit import paths
 
 __all__ = [
     "DataConfig",
@@ -34,10 +36,7 @@ __all__ = [
     "check_memory_init",
     "config_to_dict",
     "config_from_dict",
-    "project_root",
-    "data_root",
-    "synth_root",
-    "output_root",
+    "hashed_dict",
 ]
 
 
@@ -48,11 +47,13 @@ class DataConfig:
     ``source``/``target`` are ``"synth"`` (the embedded generator, see
     :mod:`paulkit.data.synth`) or a real data set name: ``"market1501"``,
     ``"dukemtmcreid"``, ``"msmt17"`` read from ``root`` (or ``PAULKIT_DATA``).
+    ``synth_size`` is the synthetic data's size: ``"tiny"``, ``"small"`` or ``"market"``
+    (:data:`paulkit.data.synth.SIZES`); a preset is a whole :class:`Config`.
     """
 
     source: str = "synth"
     target: str = "synth"
-    synth_preset: str = "tiny"
+    synth_size: str = "tiny"
     synth_seed: int = 0
     root: str | None = None
     height: int = 64
@@ -168,7 +169,6 @@ class Config:
     deterministic: bool = False
     amp: bool = True  # mixed precision on CUDA only
     channels_last: bool = True  # CUDA only
-    compile: bool = False
     # Several processes (torchrun, docs/scaling.md): SyncBatchNorm over all ranks instead of
     # per-rank BatchNorm statistics (CUDA only). A runtime switch like amp: not in phase_hash.
     sync_bn: bool = False
@@ -200,7 +200,7 @@ PRESETS: dict[str, Config] = {
     # PAUL 35.4 and IPFL only 34.0 mAP against 35.3 and 33.4 with 0.5 (two model seeds).
     "tutorial": Config(
         name="tutorial",
-        data=DataConfig(synth_preset="tiny", height=64, width=32),
+        data=DataConfig(synth_size="tiny", height=64, width=32),
         model=ModelConfig(arch="small", small_width=32),
         pretrain=PretrainConfig(epochs=8, batch_size=32, lr_step=6, stn_start=4, stn_stop=6),
         adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
@@ -208,7 +208,7 @@ PRESETS: dict[str, Config] = {
     ),
     "synth_small": Config(
         name="synth_small",
-        data=DataConfig(synth_preset="small", height=64, width=32),
+        data=DataConfig(synth_size="small", height=64, width=32),
         model=ModelConfig(arch="small", small_width=32),
         pretrain=PretrainConfig(epochs=10, batch_size=32, lr_step=8, stn_start=5, stn_stop=8),
         adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
@@ -218,7 +218,7 @@ PRESETS: dict[str, Config] = {
     # downloaded; --set model.weights=PATH loads a local torchvision state dict).
     "synth_gpu": Config(
         name="synth_gpu",
-        data=DataConfig(synth_preset="small", height=256, width=128, num_workers=4),
+        data=DataConfig(synth_size="small", height=256, width=128, num_workers=4),
         model=ModelConfig(arch="resnet50", weights=None),
         pretrain=PretrainConfig(epochs=30, lr_step=20, stn_start=12, stn_stop=20),
         adapt=AdaptConfig(epochs=20, lr_step=15, eval_every=5),
@@ -244,9 +244,9 @@ def preset_from_env(name: str | None = None) -> Config:
     the environment variable ``PAULKIT_PRESET``, else chosen by device.
 
     Without a setting, a machine with a CUDA GPU gets ``paper_market`` when MSMT17 and
-    Market-1501 are both readable under :func:`data_root` (``PAULKIT_DATA``), else the larger
-    synthetic run ``synth_gpu``; anything else (CI, a laptop) gets the small CPU preset
-    ``tutorial``.
+    Market-1501 are both readable under :func:`paulkit.paths.data_root` (``PAULKIT_DATA``),
+    else the larger synthetic run ``synth_gpu``; anything else (CI, a laptop) gets the small
+    CPU preset ``tutorial``.
     """
     name = name or os.environ.get("PAULKIT_PRESET")
     if not name:
@@ -269,7 +269,7 @@ def real_data_present(preset: str, root: str | os.PathLike | None = None) -> boo
         if name == "synth":
             continue
         try:
-            D.load_dataset(name, root=data_root(root if root is not None else cfg.data.root))
+            D.load_dataset(name, root=paths.data_root(root if root is not None else cfg.data.root))
         except D.DatasetError:
             return False
     return True
@@ -295,13 +295,26 @@ def _coerce(value: str, current: Any, key: str) -> Any:
     return value
 
 
+# Keys renamed after paulkit 0.1.0 (old -> new); the old names are read, with a deprecation
+# warning, until the next release.
+RENAMED = {"data.synth_preset": "data.synth_size"}
+
+
 def override(cfg: Config, *assignments: str) -> Config:
     """Apply ``key=value`` overrides, e.g. ``"adapt.epochs=3"`` or ``"seed=1"``."""
     for item in assignments:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        if key in RENAMED:
+            warnings.warn(
+                f"--set {key} is deprecated and goes in the next release: use {RENAMED[key]}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            key = RENAMED[key]
+        parts = key.split(".")
         if len(parts) == 1:
             if parts[0] not in {f.name for f in dataclasses.fields(cfg)} or parts[0] in SECTIONS:
                 raise ValueError(f"--set: unknown key {key!r}")
@@ -420,50 +433,48 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Top-level keys deleted after paulkit 0.1.0, with the only value they ever had in a preset
+# (``compile`` was read by nothing).
+DELETED = {"compile": False}
+
+
 def config_from_dict(d: dict[str, Any]) -> Config:
+    """The inverse of :func:`config_to_dict`; also reads the config a checkpoint of an older
+    paulkit stored (keys of :data:`RENAMED` under their old names, keys of :data:`DELETED`)."""
+    sections = {k: dict(d[k]) for k in ("data", "model", "pretrain", "adapt")}
+    for old, new in RENAMED.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        if old_key in sections[section]:
+            sections[section][new_key] = sections[section].pop(old_key)
     return Config(
         name=d["name"],
-        data=DataConfig(**d["data"]),
-        model=ModelConfig(**d["model"]),
-        pretrain=PretrainConfig(**d["pretrain"]),
-        adapt=AdaptConfig(**d["adapt"]),
+        data=DataConfig(**sections["data"]),
+        model=ModelConfig(**sections["model"]),
+        pretrain=PretrainConfig(**sections["pretrain"]),
+        adapt=AdaptConfig(**sections["adapt"]),
         # checkpoints written before the cluster section existed have none: the defaults
         cluster=ClusterConfig(**d.get("cluster", {})),
-        **{k: v for k, v in d.items() if k not in ("name",) + SECTIONS},
+        **{k: v for k, v in d.items() if k not in ("name", "cluster", *sections, *DELETED)},
     )
 
 
+def hashed_dict(cfg: Config) -> dict[str, Any]:
+    """What :func:`config_hash` hashes: :func:`config_to_dict` with the keys of
+    :data:`RENAMED` under their old names and those of :data:`DELETED` with their value, so
+    that a rename or a deletion changes no published hash (docs/results.json). The
+    ``cluster`` section is left out: it changes no PAUL phase, and Cluster Contrast's
+    checkpoints compare their own settings (:func:`paulkit.cluster.settings`), so adding it
+    changed no published hash either."""
+    d = config_to_dict(cfg)
+    d.pop("cluster")
+    for old, new in RENAMED.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        d[section] = {old_key if k == new_key else k: v for k, v in d[section].items()}
+    return d | DELETED
+
+
 def config_hash(cfg: Config | dict[str, Any]) -> str:
-    """A short stable hash of a config (what a checkpoint was trained with)."""
-    d = cfg if isinstance(cfg, dict) else config_to_dict(cfg)
+    """A short stable hash of a config (what a checkpoint was trained with), or of a dict."""
+    d = cfg if isinstance(cfg, dict) else hashed_dict(cfg)
     blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def project_root() -> Path:
-    """The checkout holding ``paulkit/`` (editable install) or else the working directory."""
-    here = Path(__file__).resolve().parents[1]
-    if (here / "pyproject.toml").exists():
-        return here
-    return Path.cwd()
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Folder with the real data sets: ``root``, else ``PAULKIT_DATA``, else ``<project>/data``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("PAULKIT_DATA")
-    return Path(env).expanduser() if env else project_root() / "data"
-
-
-def synth_root() -> Path:
-    """Folder paulkit generates the synthetic data into (its own, never a user's data folder):
-    ``PAULKIT_SYNTH``, else ``<project>/data/synth``."""
-    env = os.environ.get("PAULKIT_SYNTH")
-    return Path(env).expanduser() if env else project_root() / "data" / "synth"
-
-
-def output_root() -> Path:
-    """Checkpoints and results: ``PAULKIT_OUT``, else ``<project>/outputs``."""
-    env = os.environ.get("PAULKIT_OUT")
-    return Path(env).expanduser() if env else project_root() / "outputs"

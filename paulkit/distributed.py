@@ -2,9 +2,10 @@
 
 paulkit uses PyTorch's own engine, nothing home-made: ``torchrun`` starts one process per
 GPU (or per CPU slot) and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`paulkit.train.make_runtime` sees them and calls :func:`setup`, which
-joins the process group (NCCL on CUDA with ``LOCAL_RANK``'s GPU, gloo on the CPU). A plain
-``python -m paulkit adapt`` sees none of them and stays one process without a group.
+``MASTER_PORT``; :func:`paulkit.runtime.make_runtime` sees them and joins the process group
+(NCCL on CUDA with ``LOCAL_RANK``'s GPU, gloo on the CPU). A plain ``python -m paulkit adapt``
+sees none of them and is one process without a group: the same code paths with one rank, for
+which every function here is the identity (or the plain one-process pass).
 
 How PAUL stays exact (docs/scaling.md):
 
@@ -35,9 +36,6 @@ Taught in: notebooks/06_gpu_training.ipynb.
 
 from __future__ import annotations
 
-import datetime
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,11 +46,6 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 __all__ = [
-    "launched",
-    "setup",
-    "shutdown",
-    "env_rank",
-    "quiet_other_ranks",
     "local_batch",
     "rank_blocks",
     "shard_bounds",
@@ -66,86 +59,6 @@ __all__ = [
     "broadcast_object",
     "barrier",
 ]
-
-_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-# --------------------------------------------------------------------------- process group
-
-
-def launched() -> bool:
-    """Whether this process was started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and
-    ``LOCAL_RANK`` are all set)."""
-    return all(k in os.environ for k in _ENV)
-
-
-def env_rank() -> int:
-    """This process's rank from the environment (0 when not launched by torchrun)."""
-    return int(os.environ.get("RANK", "0")) if launched() else 0
-
-
-def setup(device: str | torch.device | None = None) -> tuple[torch.device, int, int]:
-    """Join the process group torchrun describes; returns ``(device, rank, world_size)``.
-
-    The device: ``LOCAL_RANK``'s GPU with NCCL when CUDA is available and ``device`` is None
-    or a CUDA device (the index, if any, is replaced by ``LOCAL_RANK``: one GPU per process);
-    the CPU with gloo when ``device`` is ``"cpu"`` or there is no GPU. Joining twice (several
-    phases in one process) reuses the group.
-
-    Raises:
-        ValueError: not launched by torchrun, or a device torch.distributed cannot use (MPS).
-    """
-    if not launched():
-        raise ValueError(
-            "paulkit.distributed.setup: RANK, WORLD_SIZE and LOCAL_RANK are not set; start the "
-            "command with torchrun (e.g. torchrun --nproc_per_node=2 -m paulkit adapt ...)"
-        )
-    local_rank = int(os.environ["LOCAL_RANK"])
-    want = torch.device(device) if device is not None else None
-    if want is not None and want.type not in ("cpu", "cuda"):
-        raise ValueError(
-            f"device={str(want)!r}: several processes run on CUDA (NCCL) or the CPU (gloo); "
-            "pass --device cuda or --device cpu"
-        )
-    if (want is None or want.type == "cuda") and torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
-                "GPU(s): start at most that many processes per node (--nproc_per_node)"
-            )
-        dev, backend = torch.device("cuda", local_rank), "nccl"
-        torch.cuda.set_device(dev)
-    else:
-        if want is not None and want.type == "cuda":
-            raise ValueError("device='cuda' but CUDA is not available; pass --device cpu")
-        dev, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        seconds = float(os.environ.get("PAULKIT_DDP_TIMEOUT", "600"))
-        try:
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=seconds))
-        except (RuntimeError, dist.DistStoreError) as exc:  # the peers never came
-            world = os.environ.get("WORLD_SIZE", "?")
-            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-            raise RuntimeError(
-                f"rank {os.environ.get('RANK', '?')} of {world}: the other processes did not "
-                f"join at {where} within {seconds:.0f} s ({type(exc).__name__}); start every "
-                "rank (torchrun --nproc_per_node=N starts them together) or raise "
-                "PAULKIT_DDP_TIMEOUT"
-            ) from None
-    return dev, dist.get_rank(), dist.get_world_size()
-
-
-def shutdown() -> None:
-    """Leave the process group (at the end of a command); nothing when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def quiet_other_ranks() -> None:
-    """Under torchrun, send the standard output of every rank but 0 to ``os.devnull``
-    (errors still reach stderr): one process speaks for the job."""
-    if env_rank() > 0:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 def _world() -> int:
@@ -341,7 +254,7 @@ def evaluate_sharded(
     Args:
         model: the network (not the DDP wrapper); runs ``descriptor`` in eval mode.
         query, gallery: ``paulkit.data.ImageDataset`` s of the target's query and gallery.
-        rt: the runtime (``paulkit.train.Runtime``) with ``rank``/``world_size``.
+        rt: the runtime (``paulkit.runtime.Runtime``) with ``rank``/``world_size``.
 
     Returns:
         ``RankResult.as_dict()`` of :func:`paulkit.evaluation.evaluate_features`.
@@ -367,18 +280,13 @@ def evaluate_sharded(
 # --------------------------------------------------------------------------- model
 
 
-def wrap(
-    model: nn.Module,
-    rt: Any,
-    optimizer: torch.optim.Optimizer | None = None,
-    sync_bn: bool = False,
-) -> nn.Module:
+def wrap(model: nn.Module, rt: Any, sync_bn: bool = False) -> nn.Module:
     """The module the training loop calls: ``model`` itself for one process, else
     ``DistributedDataParallel(model)`` (gradients averaged over the ranks).
 
-    Under DDP, parameters the optimiser does not train (PAUL's frozen patch generator and
-    embedding layers) stop requiring gradients, so DDP neither waits for nor sends them;
-    ``sync_bn`` converts the BatchNorm layers to ``SyncBatchNorm`` (CUDA only). Weights,
+    Parameters that do not require gradients (PAUL's frozen patch generator and embedding
+    layers: :func:`paulkit.train.adapt` freezes what its optimiser does not train) are
+    neither waited for nor sent by DDP; ``sync_bn`` converts the BatchNorm layers to ``SyncBatchNorm`` (CUDA only). Weights,
     state-dict keys and the optimiser's parameters stay those of ``model``: checkpoints are
     written from ``model`` and load in any number of processes.
     """
@@ -391,10 +299,5 @@ def wrap(
                 "leave it off (per-rank BatchNorm statistics)"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if optimizer is not None:
-        trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        for p in model.parameters():
-            if id(p) not in trained:
-                p.requires_grad_(False)
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

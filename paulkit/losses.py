@@ -32,7 +32,6 @@ def _check_pedal(
     index: torch.Tensor,
     scale: float,
     k: int,
-    bank_sq_norms: torch.Tensor | None,
 ) -> None:
     if patch_feats.dim() != 3:
         raise ValueError(f"patch_feats must be (B, P, D), got shape {tuple(patch_feats.shape)}")
@@ -61,11 +60,6 @@ def _check_pedal(
         )
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    if bank_sq_norms is not None and tuple(bank_sq_norms.shape) != tuple(bank.shape[:2]):
-        raise ValueError(
-            f"bank_sq_norms must be (N, P) = {tuple(bank.shape[:2])}, got "
-            f"{tuple(bank_sq_norms.shape)}"
-        )
 
 
 class _Pedal(torch.autograd.Function):
@@ -117,7 +111,6 @@ def pedal_loss(
     index: torch.Tensor,
     scale: float = 15.0,
     k: int = 10,
-    bank_sq_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PEDAL: pull each patch towards its k nearest memory slots of other images.
 
@@ -135,14 +128,11 @@ def pedal_loss(
         index: each batch image's own slot in the bank (its data set index).
         scale: s (15 on Market-1501, 5 on DukeMTMC-reID).
         k: how many nearest slots form the positive set S.
-        bank_sq_norms: optional ||M[j, p]||^2, to save one pass over the bank
-            (``PatchMemory.sq_norms`` keeps them up to date); computed when None.
 
     Shape:
         - patch_feats: (B, P, D)
         - bank: (N, P, D)
         - index: (B,)
-        - bank_sq_norms: (N, P)
         - output: scalar
 
     Non-finite features give a non-finite loss (no check here: it would synchronise the GPU
@@ -150,13 +140,13 @@ def pedal_loss(
 
     Taught in: notebooks/03_pedal_loss.ipynb.
     """
-    _check_pedal(patch_feats, bank, index, scale, k, bank_sq_norms)
+    _check_pedal(patch_feats, bank, index, scale, k)
     dtype = torch.promote_types(torch.promote_types(patch_feats.dtype, bank.dtype), torch.float32)
     bank_pnd = bank.detach().to(dtype).transpose(0, 1)  # (P, N, D): no copy for PatchMemory
-    if bank_sq_norms is None:
-        sq = torch.linalg.vector_norm(bank_pnd, dim=-1).square_()
-    else:
-        sq = bank_sq_norms.detach().to(dtype).transpose(0, 1)
+    # The slots' squared norms, computed here every step (one pass over the bank). A cache
+    # kept by PatchMemory would save that pass but differ in the last bits from what the
+    # published runs computed, so there is one path: this one (docs/benchmarks.md).
+    sq = torch.linalg.vector_norm(bank_pnd, dim=-1).square_()
     feats = patch_feats.to(dtype).transpose(0, 1)  # (P, B, D)
     own = index.to(bank.device, torch.long)
     return _Pedal.apply(feats, bank_pnd, sq, own, float(scale), int(k))
@@ -181,7 +171,7 @@ def _trusted(centers: torch.Tensor, nearest: int) -> torch.Tensor:
 def ipfl_loss(
     views: torch.Tensor,
     centers: torch.Tensor,
-    num: int = 2,
+    num_views: int = 2,
     margin: float = 2.0,
     max_iter: int = 15,
     nearest: int = 3,
@@ -195,13 +185,13 @@ def ipfl_loss(
     *trusted* as another person when c_b is not among the ``nearest`` centres closest to c_j
     (the list includes c_j itself): cycle ranking. The first trusted candidate gives
     d_neg = ||x - c_j||. Loss per view: max(0, margin + d_pos - d_neg), averaged over the
-    B*num views (docs/paper.md "IPFL").
+    B*num_views views (docs/paper.md "IPFL").
 
     Args:
         views: the image-level features of the batch views, image-major (view v of image b
-            at row b*num + v).
+            at row b*num_views + v).
         centers: the batch images' centres (``ImageMemory.update``'s result); no gradient.
-        num: views per image.
+        num_views: views per image.
         margin: the hinge margin (2 in the paper).
         max_iter: how many nearest candidates the cycle ranking may walk.
         nearest: how many nearest centres a candidate's list holds.
@@ -212,10 +202,10 @@ def ipfl_loss(
             this process's b images, whose centres are rows ``owner_offset`` to
             ``owner_offset + b - 1`` of ``centers``, the centres of the whole global batch
             (gathered), so the negatives come from every process's images. The mean is over
-            the b*num local views. None (default): ``views`` hold every image of ``centers``.
+            the b*num_views local views. None (default): ``views`` hold every image of ``centers``.
 
     Shape:
-        - views: (B*num, E), or (b*num, E) with ``owner_offset``
+        - views: (B*num_views, E), or (b*num_views, E) with ``owner_offset``
         - centers: (B, E)
         - output: scalar
 
@@ -223,30 +213,35 @@ def ipfl_loss(
     """
     if centers.dim() != 2 or views.dim() != 2 or views.shape[1] != centers.shape[1]:
         raise ValueError(
-            f"views must be (B*num, E) and centers (B, E) with the same E, got "
+            f"views must be (B*num_views, E) and centers (B, E) with the same E, got "
             f"{tuple(views.shape)} and {tuple(centers.shape)}"
         )
     b = centers.shape[0]
     if b < 1:
         raise ValueError("centers has no image: IPFL needs a non-empty batch")
-    if owner_offset is None and (num < 1 or views.shape[0] != b * num):
+    if owner_offset is None and (num_views < 1 or views.shape[0] != b * num_views):
         raise ValueError(
-            f"num = {num} views per image does not fit: views has {views.shape[0]} rows and "
-            f"centers {b} images (need B*num rows, image-major)"
+            f"num_views = {num_views} views per image does not fit: views has {views.shape[0]} rows and "
+            f"centers {b} images (need B*num_views rows, image-major)"
         )
-    first, local = (0, b) if owner_offset is None else (owner_offset, views.shape[0] // max(num, 1))
+    first, local = (
+        (0, b) if owner_offset is None else (owner_offset, views.shape[0] // max(num_views, 1))
+    )
     if owner_offset is not None and not (
-        num >= 1 and local >= 1 and views.shape[0] == local * num and 0 <= first <= b - local
+        num_views >= 1
+        and local >= 1
+        and views.shape[0] == local * num_views
+        and 0 <= first <= b - local
     ):
         raise ValueError(
-            f"owner_offset = {owner_offset}: views has {views.shape[0]} rows (num = {num} views "
-            f"per image) and centers {b} images; the local images must be whole (b*num rows) "
+            f"owner_offset = {owner_offset}: views has {views.shape[0]} rows (num_views = {num_views} views "
+            f"per image) and centers {b} images; the local images must be whole (b*num_views rows) "
             f"and sit inside centers (0 <= owner_offset <= B - b)"
         )
     if max_iter < 1 or nearest < 1:
         raise ValueError(f"max_iter and nearest must be >= 1, got {max_iter}, {nearest}")
     centers = centers.detach().to(views.dtype)
-    owner = torch.arange(first, first + local, device=views.device).repeat_interleave(num)
+    owner = torch.arange(first, first + local, device=views.device).repeat_interleave(num_views)
     with torch.no_grad():  # the ranking: which centre is each view's trusted negative
         if b == 1:  # a one-image batch (a last partial batch): no candidate, the fallback
             found, neg = torch.zeros_like(owner, dtype=torch.bool), owner

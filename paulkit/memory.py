@@ -60,8 +60,6 @@ class PatchMemory(nn.Module):
         bank: (N, P, D) the slots; zero until first seen. Stored patch-major (each patch's
             N x D matrix is contiguous), which is what PEDAL's per-patch products read.
         seen: (N,) bool, whether each slot was filled.
-        sq_norms: (N, P) the slots' squared norms, for
-            ``pedal_loss(..., bank_sq_norms=memory.sq_norms)`` (not saved; rebuilt on load).
 
     Shape:
         - index: (B,) int
@@ -88,9 +86,6 @@ class PatchMemory(nn.Module):
         # (N, P, D) view of a (P, N, D) storage: index_copy_ and state dicts see (N, P, D).
         self.register_buffer("bank", torch.zeros(num_patches, num_images, dim).transpose(0, 1))
         self.register_buffer("seen", torch.zeros(num_images, dtype=torch.bool))
-        # ||bank[j, p]||^2, kept up to date for pedal_loss(..., bank_sq_norms=...); derived
-        # from the bank, so not saved in the state dict.
-        self.register_buffer("sq_norms", torch.zeros(num_patches, num_images).t(), persistent=False)
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, patch_feats: torch.Tensor) -> None:
@@ -114,7 +109,6 @@ class PatchMemory(nn.Module):
         m = self.momentum
         slots = torch.where(seen, old * (1.0 - m) + new * m, new)
         self.bank.index_copy_(0, index, slots)
-        self.sq_norms.index_copy_(0, index, slots.square().sum(-1))
         self.seen.index_fill_(0, index, True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -125,8 +119,6 @@ class PatchMemory(nn.Module):
                 f"{tuple(self.bank.shape)}: build PatchMemory with the same images and sizes"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        with torch.no_grad():
-            self.sq_norms.copy_(self.bank.square().sum(-1))
 
     def extra_repr(self) -> str:
         return (
@@ -149,7 +141,7 @@ class ImageMemory(nn.Module):
 
     Shape:
         - index: (B,) int
-        - embeddings: (B*num, E), image-major (view v of image b at row b*num + v)
+        - embeddings: (B*num_views, E), image-major (view v of image b at row b*num_views + v)
         - output of :meth:`update`: (B, E), the batch's centres after the update
 
     Taught in: notebooks/04_ipfl_loss.ipynb.
@@ -168,8 +160,10 @@ class ImageMemory(nn.Module):
         self.register_buffer("seen", torch.zeros(num_images, dtype=torch.bool))
 
     @torch.no_grad()
-    def update(self, index: torch.Tensor, embeddings: torch.Tensor, num: int = 2) -> torch.Tensor:
-        """Move each batch image's centre towards the mean of its ``num`` views.
+    def update(
+        self, index: torch.Tensor, embeddings: torch.Tensor, num_views: int = 2
+    ) -> torch.Tensor:
+        """Move each batch image's centre towards the mean of its ``num_views`` views.
 
         A centre not seen before is set to that mean (created on first sight).
 
@@ -177,21 +171,21 @@ class ImageMemory(nn.Module):
             The batch's centres after the update, (B, E), without gradient.
         """
         index = _check_index(index, self.num_images)
-        if num < 1:
-            raise ValueError(f"num (views per image) must be >= 1, got {num}")
+        if num_views < 1:
+            raise ValueError(f"num_views (views per image) must be >= 1, got {num_views}")
         b = index.numel()
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(
-                f"embeddings must be (B*num, E) with E = {self.dim}, got {tuple(embeddings.shape)}"
+                f"embeddings must be (B*num_views, E) with E = {self.dim}, got {tuple(embeddings.shape)}"
             )
-        if embeddings.shape[0] != b * num:
+        if embeddings.shape[0] != b * num_views:
             raise ValueError(
-                f"embeddings has {embeddings.shape[0]} rows, but index has {b} images and num = "
-                f"{num} views each (B*num = {b * num}); check num and the image-major order"
+                f"embeddings has {embeddings.shape[0]} rows, but index has {b} images and num_views = "
+                f"{num_views} views each (B*num_views = {b * num_views}); check num_views and the image-major order"
             )
         index = index.to(self.centers.device)
         mean = embeddings.detach().to(self.centers.device, self.centers.dtype)
-        mean = mean.view(b, num, self.dim).mean(1)
+        mean = mean.view(b, num_views, self.dim).mean(1)
         old = self.centers.index_select(0, index)
         seen = self.seen.index_select(0, index).view(-1, 1)
         m = self.momentum

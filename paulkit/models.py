@@ -563,32 +563,6 @@ class PatchNet(nn.Module):
         )
         self.embed = PatchLinear(num_patches, patch_dim, embed_dim)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
-        pretrain: bool = False,
-        num_classes: int | None = None,
-        **overrides: Any,
-    ) -> PatchNet:
-        """The adaptation model built from a pretrained PatchNet, state dict or checkpoint.
-
-        By default the classifier is dropped and ``pretrain=False`` (no ReLU, the cosine
-        image-level feature over the pretrained, frozen embedding weights). The shape
-        (arch, patches, sizes) is read from the model, or from the state dict's tensors;
-        ``overrides`` (e.g. ``last_stride=2``) are passed to the constructor.
-        """
-        if isinstance(pretrained, PatchNet):
-            hp = dict(pretrained.hparams)
-            state = pretrained.state_dict()
-        else:
-            state = _read_state(pretrained)
-            hp = describe_state_dict(state)
-            hp.pop("in_channels", None)
-        hp.update(pretrain=pretrain, num_classes=num_classes, **overrides)
-        model = cls(**hp)
-        return load_pretrained(model, state)
-
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's map. Shape: (B, 3, H, W) -> (B, C, h, w)."""
         if x.dim() != 4 or x.shape[1] != 3:
@@ -732,7 +706,7 @@ def load_pretrained(
     if diffs:
         raise ValueError(
             "the state dict does not fit this PatchNet (" + "; ".join(diffs) + "); build the "
-            "model with the same settings it was trained with (see PatchNet.from_pretrained)"
+            "model with the same settings it was trained with (describe_state_dict reads them)"
         )
     if model.classifier is None:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from paulkit import baselines, cluster, train, utils
+from paulkit import baselines, cluster, runtime, train, utils
 from paulkit import config as C
 
 __all__ = [
@@ -97,7 +97,7 @@ def adabn_model(
 ):
     """The direct-transfer model with AdaBN applied on the target's training images
     (``target``: the data set when already read)."""
-    rt = train.make_runtime(cfg, device)
+    rt = runtime.make_runtime(cfg, device)  # ``device`` may be the caller's Runtime
     model = train.adaptation_model(pretrained, cfg).to(rt.device)
     loader = train.clean_target_loader(cfg, rt, target)
     return train.adapt_batchnorm(model, loader, rt.device, progress)
@@ -116,15 +116,15 @@ def evaluate_rows(
     checkpoints of a variant (``adapt-paul-<tag>.pt``), so that several adaptation settings
     share one pretraining without refusing each other's checkpoints."""
     rows = rows or list(ROWS)
-    rt = train.make_runtime(cfg, device)
+    rt = runtime.make_runtime(cfg, device)
     target = train.target_dataset(cfg)
     result: dict[str, dict[str, float]] = {}
-    pre, _ = train.train_or_load(cfg, "pretrain", device=rt.device, out=out, progress=progress)
+    pre, _ = train.train_or_load(cfg, "pretrain", device=rt, out=out, progress=progress)
     if "direct_transfer" in rows:
         m = train.adaptation_model(pre, cfg).to(rt.device)
         result["direct_transfer"] = train.evaluate_model(m, target, cfg, rt, progress)
     if "adabn" in rows:
-        m = adabn_model(pre, cfg, rt.device, progress, target)
+        m = adabn_model(pre, cfg, rt, progress, target)
         result["adabn"] = train.evaluate_model(m, target, cfg, rt, progress)
     variants = {
         "paul": cfg,
@@ -141,7 +141,7 @@ def evaluate_rows(
             vcfg,
             "adapt",
             tag=row_tag,
-            device=rt.device,
+            device=rt,
             out=out,
             progress=progress,
             pretrained=copy.deepcopy(pre),
@@ -157,7 +157,7 @@ def evaluate_rows(
         m, _ = cluster.train_or_load(
             ccfg,
             tag=f"cluster_contrast-{tag}" if tag else "cluster_contrast",
-            device=rt.device,
+            device=rt,
             out=out,
             progress=progress,
             pretrained=copy.deepcopy(pre),
@@ -166,7 +166,7 @@ def evaluate_rows(
     if "histogram" in rows:
         result["histogram"] = histogram_row(cfg, target)
     if "oracle" in rows:
-        o, _ = train.train_or_load(cfg, "oracle", device=rt.device, out=out, progress=progress)
+        o, _ = train.train_or_load(cfg, "oracle", device=rt, out=out, progress=progress)
         m = train.adaptation_model(o, cfg).to(rt.device)
         result["oracle"] = train.evaluate_model(m, target, cfg, rt, progress)
     return result
@@ -207,12 +207,13 @@ def reproduce(
     if TUNING_DRAW in data_seeds and cfg.data.target == "synth":
         print(f"note: data seed {TUNING_DRAW} is the tuning draw, not a held-out one")
     t0 = time.perf_counter()
+    rt = runtime.make_runtime(cfg, device)  # once for every run
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for ds in data_seeds:
         for seed in seeds:
             rcfg = C.override(cfg, f"data.synth_seed={ds}", f"seed={seed}")
             rows = list(ROWS) if seed == seeds[0] else [r for r in ROWS if r != "histogram"]
-            res = evaluate_rows(rcfg, rows, device=device, out=out, progress=progress)
+            res = evaluate_rows(rcfg, rows, device=rt, out=out, progress=progress)
             if seed != seeds[0]:  # the histogram needs no model: one per data draw
                 res["histogram"] = runs[run_key(ds, seeds[0])]["histogram"]
             runs[run_key(ds, seed)] = res
@@ -244,7 +245,7 @@ def reproduce(
             "data_spread": spread,
             "seconds": round(time.perf_counter() - t0, 1),
             "command": command or f"python -m paulkit reproduce --preset {cfg.name}",
-            "machine": _machine(device),
+            "machine": _machine(rt.device),
             "config_hash": C.config_hash(cfg),
         }
     )
@@ -260,7 +261,7 @@ def render_results(docs: str | Path = "docs") -> Path:
 
 
 def _machine(device) -> str:
-    dev = utils.select_device(device)
+    dev = runtime.select_device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} ({platform.machine()})"
     return f"{dev.type}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"

@@ -10,10 +10,8 @@ Taught in: notebooks/05_source_pretraining.ipynb, notebooks/06_gpu_training.ipyn
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +25,10 @@ from torch.utils.data import DataLoader
 from paulkit import config as C
 from paulkit import data as D
 from paulkit import distributed as ddp
-from paulkit import evaluation, losses, memory, models, utils
+from paulkit import losses, memory, models, paths, utils
+from paulkit.runtime import Runtime, env_rank, make_runtime
 
 __all__ = [
-    "Runtime",
-    "make_runtime",
     "build_model",
     "source_records",
     "target_dataset",
@@ -45,6 +42,8 @@ __all__ = [
     "SeededSamples",
     "MEMORY_INITS",
     "init_memories",
+    "paul_step",
+    "Accumulator",
     "adapt_epoch",
     "adaptation_model",
     "adapt",
@@ -62,73 +61,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "paulkit-checkpoint/1"
 
 
-# --------------------------------------------------------------------------- runtime
-
-
-@dataclasses.dataclass
-class Runtime:
-    """Everything that depends on the device, chosen in one place (:func:`make_runtime`).
-
-    ``gather`` is how a batch's tensors reach every process before the memories are updated:
-    the identity for one process, an all-gather under torchrun (``rank`` of ``world_size``
-    processes; :mod:`paulkit.distributed`, docs/scaling.md).
-    """
-
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-    channels_last: bool = False
-    pin_memory: bool = False
-    gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
-    rank: int = 0
-    world_size: int = 1
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=self.pin_memory)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-
-def make_runtime(
-    cfg: C.Config, device: str | torch.device | None = None, distributed: bool | None = None
-) -> Runtime:
-    """Pick the device (CUDA, then MPS, then CPU, or ``device``) and its speed switches.
-
-    On CUDA: bf16 autocast where supported, else fp16 with a gradient scaler;
-    channels_last; pinned memory; ``cudnn.benchmark`` (unless deterministic).
-
-    Under torchrun (``distributed=None`` and RANK/WORLD_SIZE/LOCAL_RANK set, or ``True``)
-    the process joins the group: NCCL on LOCAL_RANK's GPU, gloo on the CPU
-    (:func:`paulkit.distributed.setup`), and ``gather`` becomes an all-gather.
-    """
-    launched = ddp.launched() if distributed is None else distributed
-    if launched:
-        dev, rank, world = ddp.setup(device)
-    else:
-        dev, rank, world = utils.select_device(device), 0, 1
-    rt = Runtime(device=dev, rank=rank, world_size=world)
-    if world > 1:
-        rt.gather = ddp.all_gather_cat
-    if dev.type == "cuda":
-        rt.pin_memory = True
-        rt.channels_last = cfg.channels_last
-        if not cfg.deterministic:
-            torch.backends.cudnn.benchmark = True
-        if cfg.amp:
-            if torch.cuda.is_bf16_supported():
-                rt.amp_dtype = torch.bfloat16
-            else:
-                rt.amp_dtype = torch.float16
-                rt.scaler = torch.amp.GradScaler("cuda")
-    return rt
-
-
 # --------------------------------------------------------------------------- data and model
 
 
@@ -137,10 +69,10 @@ log = logging.getLogger("paulkit")
 
 def _dataset(name: str, root: str | None, cfg: C.Config, role: str):
     if name == "synth":
-        ds = D.load_dataset(f"synth-{role}", preset=cfg.data.synth_preset, seed=cfg.data.synth_seed)
-        what = f"synthetic {role} (preset {cfg.data.synth_preset}, data seed {cfg.data.synth_seed})"
+        ds = D.load_dataset(f"synth-{role}", size=cfg.data.synth_size, seed=cfg.data.synth_seed)
+        what = f"synthetic {role} (size {cfg.data.synth_size}, data seed {cfg.data.synth_seed})"
     else:
-        ds = D.load_dataset(name, root=C.data_root(root))
+        ds = D.load_dataset(name, root=paths.data_root(root))
         what = ds.name + (f" ({ds.layout} layout)" if hasattr(ds, "layout") else "")
     st = ds.stats()  # the folders actually read, so a wrong --data shows at once (the CLI prints)
     log.info(
@@ -208,7 +140,7 @@ def build_model(
 # Random streams: every draw of a run comes from a seed made of (cfg.seed, stream, epoch, ...)
 # alone, never from a generator that something else may have advanced (a progress bar
 # iterating the loader, the number of DataLoader workers or threads, a resume).
-_SHUFFLE, _AUGMENT = 0, 1
+_SHUFFLE, _AUGMENT, _EPOCH = 0, 1, 2
 INIT_EPOCH = -1  # the epoch slot of the memory initialisation pass (its own shuffle)
 
 
@@ -246,10 +178,7 @@ class SeededSamples(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        s = seed_key(self.seed, _AUGMENT, self.epoch, index)
-        random.seed(s)
-        np.random.seed(s % 2**32)
-        torch.random.default_generator.manual_seed(s)
+        utils.set_seed(seed_key(self.seed, _AUGMENT, self.epoch, index), cuda=False)
         return self.dataset[index]
 
 
@@ -259,8 +188,7 @@ def _train_loader(
     """The shuffled loader of one epoch (or of :data:`INIT_EPOCH`); under torchrun, this
     rank's block of every global batch (:func:`paulkit.distributed.rank_blocks`)."""
     batches = epoch_batches(len(dataset), batch_size, cfg.seed, epoch, drop_last)
-    if rt.world_size > 1:
-        batches = ddp.rank_blocks(batches, rt.rank, rt.world_size)
+    batches = ddp.rank_blocks(batches, rt.rank, rt.world_size)  # all of them for one process
     return DataLoader(
         SeededSamples(dataset, cfg.seed, epoch),
         batch_sampler=batches,
@@ -284,10 +212,7 @@ def _eval_loader(dataset, batch_size: int, rt: Runtime, cfg: C.Config) -> DataLo
 def _seed_epoch(cfg: C.Config, epoch: int) -> None:
     # Anything outside the loaders that draws from the global generators (nothing in
     # paulkit's losses today) depends only on (seed, epoch), the same on every rank.
-    s = seed_key(cfg.seed, 2, epoch)
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
+    utils.set_seed(seed_key(cfg.seed, _EPOCH, epoch))
 
 
 def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
@@ -337,8 +262,7 @@ def pretrain_epoch(
 ) -> dict[str, float]:
     """One epoch of per-patch cross-entropy + ``triplet_weight`` x triplet on true pairs."""
     model.train()
-    sums = {"loss": 0.0, "ce": 0.0, "triplet": 0.0, "acc": 0.0}
-    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    acc = Accumulator()
     bar = _progress(loader, progress, desc)
     for img, img2, pid in bar:
         x = rt.to_device(torch.cat([img, img2]))
@@ -350,16 +274,11 @@ def pretrain_epoch(
         loss = ce + p.triplet_weight * tri
         optimizer.zero_grad(set_to_none=True)
         _backward_step(loss, optimizer, rt)
-        acc = (out.logits.float().mean(1).argmax(1) == pids).float().mean()
-        for k, v in (("loss", loss), ("ce", ce), ("triplet", tri), ("acc", acc)):
-            sums[k] += float(v.detach())
-        n_batches += 1
-        n_images += x.shape[0]
+        hit = (out.logits.float().mean(1).argmax(1) == pids).float().mean()
+        acc.add(x.shape[0], loss=loss, ce=ce, triplet=tri, acc=hit)
         if progress:
-            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
-    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
-    stats["images_per_s"] = n_images / max(time.perf_counter() - t0, 1e-9)
-    return stats
+            bar.set_postfix(loss=f"{acc.mean('loss'):.3f}")
+    return acc.means()
 
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, rt: Runtime) -> None:
@@ -381,7 +300,7 @@ def _set_lrs(optimizer: torch.optim.Optimizer, lrs: dict[str, float]) -> None:
 
 def pretrain(
     cfg: C.Config,
-    device: str | torch.device | None = None,
+    device: str | torch.device | Runtime | None = None,
     checkpoint: str | Path | None = None,
     use_target_labels: bool = False,
     progress: bool = True,
@@ -392,7 +311,8 @@ def pretrain(
 
     Args:
         cfg: the run's config (``cfg.pretrain`` and ``cfg.data.source``).
-        device: overrides the automatic choice.
+        device: overrides the automatic choice: a device name, or the command's
+            :class:`paulkit.runtime.Runtime` (built once and passed down).
         checkpoint: file written atomically after every epoch; an existing one with the same
             settings is resumed, one with other settings refused (:func:`check_checkpoint`),
             and its folder locked while this runs.
@@ -423,7 +343,7 @@ def _pretrain(cfg, device, checkpoint, use_target_labels, progress, stop_after, 
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _pretrain_optimizer(model, p)
-    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
+    net = ddp.wrap(model, rt, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "ce", "triplet", "acc", "lr")}
     history["images_per_s"] = []
     phase = "oracle" if use_target_labels else "pretrain"
@@ -468,7 +388,7 @@ class _Stop(Exception):
 def adapt_batchnorm(
     model: nn.Module,
     loader: DataLoader,
-    device: str | torch.device | None = None,
+    device: str | torch.device | Runtime | None = None,
     progress: bool = True,
     exact: bool = True,
 ) -> nn.Module:
@@ -639,6 +559,92 @@ def init_memories(
     return pm, im
 
 
+def paul_step(
+    feats: torch.Tensor,
+    emb: torch.Tensor,
+    index: torch.Tensor,
+    patch_memory: memory.PatchMemory,
+    image_memory: memory.ImageMemory,
+    a: C.AdaptConfig,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rank: int = 0,
+) -> dict[str, torch.Tensor]:
+    """What one PAUL step does after the forward pass (docs/paper.md "Unsupervised training"):
+    update both memories from the batch, then ``pedal_weight`` x PEDAL + ``ipfl_weight`` x
+    IPFL. Training, ``bench/bench_step.py``, ``bench/bench_scaling.py`` and torchrun all call
+    this one function; the backward pass and the optimiser step are the caller's.
+
+    Args:
+        feats: patch features of every view, image-major (view v of image i at ``i*num + v``).
+        emb: image-level features (embeddings) of every view, in the same order.
+        index: the batch images' data set indices (this process's images).
+        patch_memory, image_memory: updated in place, before the losses (as the official code).
+        a: the adaptation settings (weights, PEDAL's scale and k, IPFL's margin and ranking,
+            ``num_views``).
+        gather: brings every process's tensors before the memories are updated (all-gather
+            under torchrun, :attr:`paulkit.runtime.Runtime.gather`); None for one process.
+        rank: this process's rank: its images' centres follow those of the ranks before it.
+
+    Returns:
+        ``{"loss", "pedal", "ipfl"}``: the weighted total (with gradient) and the two losses
+        (a loss whose weight is 0 is not computed and reads 0).
+
+    Shape:
+        - feats: (B * num_views, P, D); emb: (B * num_views, E); index: (B,)
+    """
+    num = a.num_views
+    b = index.shape[0]
+    if feats.shape[0] != b * num or emb.shape[0] != b * num:
+        raise ValueError(
+            f"paul_step: {b} indices x {num} views = {b * num} rows expected, got feats "
+            f"{tuple(feats.shape)} and emb {tuple(emb.shape)}; pass every view, image-major"
+        )
+    gather = gather or (lambda x: x)
+    feats, emb = feats.float(), emb.float()
+    first = feats.view(b, num, *feats.shape[1:])[:, 0]
+    # Memories first, before the loss; with several processes `gather` brings every
+    # process's batch so that all memories apply the same update.
+    every_index = gather(index)
+    patch_memory.update(every_index, gather(first.detach()))
+    centers = image_memory.update(every_index, gather(emb.detach()), num_views=num)
+    zero = torch.zeros((), device=feats.device)
+    loss, pedal, ipfl = zero, zero, zero
+    if a.pedal_weight:
+        pedal = losses.pedal_loss(first, patch_memory.bank, index, a.pedal_scale, a.pedal_k)
+        loss = loss + a.pedal_weight * pedal
+    if a.ipfl_weight:
+        own = rank * b  # this rank's images among the global batch's centres
+        ipfl = losses.ipfl_loss(
+            emb, centers, num, a.ipfl_margin, a.ipfl_max_iter, a.ipfl_nearest, owner_offset=own
+        )
+        loss = loss + a.ipfl_weight * ipfl
+    return {"loss": loss, "pedal": pedal, "ipfl": ipfl}
+
+
+class Accumulator:
+    """Running sums of an epoch's statistics, reported as means over the batches (d2l's
+    ``Accumulator``); ``images_per_s`` is the epoch's throughput."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.batches, self.images, self.t0 = 0, 0, time.perf_counter()
+
+    def add(self, images: int, **values: torch.Tensor | float) -> None:
+        for k, v in values.items():
+            v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.batches += 1
+        self.images += images
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / max(self.batches, 1)
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / max(self.batches, 1) for k, v in self.sums.items()}
+        out["images_per_s"] = self.images / max(time.perf_counter() - self.t0, 1e-9)
+        return out
+
+
 def adapt_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -650,48 +656,31 @@ def adapt_epoch(
     progress: bool = True,
     desc: str = "adapt",
 ) -> dict[str, float]:
-    """One epoch of PAUL: update both memories from the batch, then
-    ``pedal_weight`` x PEDAL + ``ipfl_weight`` x IPFL (docs/paper.md "Unsupervised training")."""
+    """One epoch of PAUL: the forward pass, :func:`paul_step`, backward and the optimiser
+    step for every batch."""
     model.train()
-    num = a.num_views
-    sums = {"loss": 0.0, "pedal": 0.0, "ipfl": 0.0}
-    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    acc = Accumulator()
     bar = _progress(loader, progress, desc)
     for views, index in bar:
-        b = views.shape[0]
         x = rt.to_device(views.flatten(0, 1))  # image-major: view v of image i at i*num + v
-        index = index.to(rt.device)
         with rt.autocast():
             out = model(x)
-        feats, emb = out.patch_feats.float(), out.embedding.float()
-        first = feats.view(b, num, *feats.shape[1:])[:, 0]
-        # Memories first, before the loss (docs/paper.md); with several processes `gather`
-        # brings every process's batch so that all memories apply the same update.
-        every_index = rt.gather(index)
-        patch_memory.update(every_index, rt.gather(first.detach()))
-        centers = image_memory.update(every_index, rt.gather(emb.detach()), num=num)
-        loss = torch.zeros((), device=rt.device)
-        pedal = ipfl = torch.zeros((), device=rt.device)
-        if a.pedal_weight:
-            pedal = losses.pedal_loss(first, patch_memory.bank, index, a.pedal_scale, a.pedal_k)
-            loss = loss + a.pedal_weight * pedal
-        if a.ipfl_weight:
-            own = rt.rank * b  # this rank's images among the global batch's centres
-            ipfl = losses.ipfl_loss(
-                emb, centers, num, a.ipfl_margin, a.ipfl_max_iter, a.ipfl_nearest, owner_offset=own
-            )
-            loss = loss + a.ipfl_weight * ipfl
+        step = paul_step(
+            out.patch_feats,
+            out.embedding,
+            index.to(rt.device),
+            patch_memory,
+            image_memory,
+            a,
+            rt.gather,
+            rt.rank,
+        )
         optimizer.zero_grad(set_to_none=True)
-        _backward_step(loss, optimizer, rt)
-        for k, v in (("loss", loss), ("pedal", pedal), ("ipfl", ipfl)):
-            sums[k] += float(v.detach())
-        n_batches += 1
-        n_images += b
+        _backward_step(step["loss"], optimizer, rt)
+        acc.add(views.shape[0], **step)
         if progress:
-            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
-    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
-    stats["images_per_s"] = n_images / max(time.perf_counter() - t0, 1e-9)
-    return stats
+            bar.set_postfix(loss=f"{acc.mean('loss'):.3f}")
+    return acc.means()
 
 
 def _attach_memories(model: nn.Module, pm: memory.PatchMemory, im: memory.ImageMemory) -> None:
@@ -712,11 +701,10 @@ def adaptation_model(pretrained: nn.Module | dict, cfg: C.Config) -> nn.Module:
 def adapt(
     cfg: C.Config,
     pretrained: nn.Module | dict,
-    device: str | torch.device | None = None,
+    device: str | torch.device | Runtime | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
-    evaluate_every: int | None = None,
     restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Unsupervised PAUL adaptation on the target's training images, without their labels.
@@ -734,12 +722,10 @@ def adapt(
     """
     C.validate(cfg)
     with _run_folder_lock(checkpoint):
-        return _adapt(
-            cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart
-        )
+        return _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, restart)
 
 
-def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart):
+def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, restart):
     utils.set_seed(cfg.seed, cfg.deterministic)
     rt = make_runtime(cfg, device)
     a = cfg.adapt
@@ -751,7 +737,7 @@ def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_e
         target_train(cfg, target),
         D.transforms.train_transform(cfg.data.height, cfg.data.width),
         D.transforms.pseudo_pair_transform(cfg.data.height, cfg.data.width),
-        num=a.num_views,
+        num_views=a.num_views,
     )
     _check_batch(len(train_set), a.batch_size, rt.world_size, a.drop_last, "adapt.batch_size")
     model = adaptation_model(pretrained, cfg).to(rt.device)
@@ -762,10 +748,10 @@ def _adapt(cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_e
     for p in model.parameters():  # frozen: no gradient is computed for them at all
         if id(p) not in trained:
             p.requires_grad_(False)
-    net = ddp.wrap(model, rt, optimizer, cfg.sync_bn)  # DistributedDataParallel under torchrun
+    net = ddp.wrap(model, rt, cfg.sync_bn)  # DistributedDataParallel under torchrun
     history: dict[str, Any] = {k: [] for k in ("epoch", "loss", "pedal", "ipfl", "lr")}
     history["images_per_s"], history["eval"] = [], []
-    every = evaluate_every if evaluate_every is not None else a.eval_every
+    every = a.eval_every
     state = _try_resume(checkpoint, cfg, "adapt", restart)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -819,22 +805,19 @@ def evaluate_model(
     model: nn.Module,
     target,
     cfg: C.Config,
-    rt: Runtime | None = None,
+    rt: Runtime | str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Rank-1/5/10, mAP (step and trapezoid) and mINP on the target's query/gallery."""
-    rt = rt or make_runtime(cfg)
+    """Rank-1/5/10, mAP (step and trapezoid) and mINP on the target's query/gallery.
+
+    One path for one process and for torchrun: each rank extracts its shard of the query and
+    the gallery, rank 0 evaluates (:func:`paulkit.distributed.evaluate_sharded`; with one
+    process the shard is the whole set)."""
+    rt = make_runtime(cfg, rt)
     tf = D.transforms.test_transform(cfg.data.height, cfg.data.width)
-    if rt.world_size > 1:  # each rank extracts a shard; rank 0 evaluates (docs/scaling.md)
-        qs, gs = D.ImageDataset(target.query, tf), D.ImageDataset(target.gallery, tf)
-        w = cfg.data.num_workers
-        return ddp.evaluate_sharded(model, qs, gs, rt, 128, w, progress and rt.rank == 0)
-    q = _eval_loader(D.ImageDataset(target.query, tf), 128, rt, cfg)
-    g = _eval_loader(D.ImageDataset(target.gallery, tf), 128, rt, cfg)
-    qf, q_pids, q_camids, _ = evaluation.extract_features(model, q, rt.device, progress=progress)
-    gf, g_pids, g_camids, _ = evaluation.extract_features(model, g, rt.device, progress=progress)
-    res = evaluation.evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
-    return res.as_dict()
+    qs, gs = D.ImageDataset(target.query, tf), D.ImageDataset(target.gallery, tf)
+    w, show = cfg.data.num_workers, progress and rt.rank == 0
+    return ddp.evaluate_sharded(model, qs, gs, rt, 128, w, show)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -843,8 +826,7 @@ def evaluate_model(
 # What a phase's checkpoint depends on. Left out on purpose: where the data lives
 # (data.root: a path, the same data set anywhere), how it is read (data.num_workers: the
 # random streams are keyed by seed, epoch and item, so workers change nothing), when the
-# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, compile,
-# sync_bn), and the phase's own number of epochs: more epochs continue a checkpoint; fewer
+# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, sync_bn), and the phase's own number of epochs: more epochs continue a checkpoint; fewer
 # than it holds are refused (see train_or_load).
 _NOT_HASHED = {
     "name",
@@ -852,12 +834,11 @@ _NOT_HASHED = {
     "data.num_workers",
     "data.source",
     "data.target",
-    "data.synth_preset",
+    "data.synth_size",
     "data.synth_seed",
     "adapt.eval_every",
     "amp",
     "channels_last",
-    "compile",
     "sync_bn",
 }
 
@@ -878,8 +859,8 @@ _FINGERPRINTS: dict[tuple[str, str], dict[str, Any]] = {}
 def data_identity(cfg: C.Config, role: str) -> dict[str, Any]:
     """What identifies the data set ``role`` ("source" or "target") reads, wherever it lives.
 
-    Synthetic data: the generator's version, the domain's knobs (digest), size preset and
-    data seed. A real data set: its name and a fingerprint of its training split (image and
+    Synthetic data: the generator's version, the domain's knobs (digest), size and data
+    seed. A real data set: its name and a fingerprint of its training split (image and
     identity counts and a hash of the sorted file names), never its path, so moving the
     folder, a trailing slash or ``--data`` versus ``PAULKIT_DATA`` change nothing.
     """
@@ -889,10 +870,10 @@ def data_identity(cfg: C.Config, role: str) -> dict[str, Any]:
             "name": "synth",
             "generator": D.synth.GENERATOR_VERSION,
             "knobs": D.synth.DOMAINS[role].digest(),
-            "preset": cfg.data.synth_preset,
+            "preset": cfg.data.synth_size,  # the size, under its old name: same hashes
             "seed": cfg.data.synth_seed,
         }
-    key = (name, str(C.data_root(cfg.data.root).resolve()))
+    key = (name, str(paths.data_root(cfg.data.root).resolve()))
     if key not in _FINGERPRINTS:
         ds = _dataset(name, cfg.data.root, cfg, role)
         names = sorted(Path(r.path).name for r in ds.train)
@@ -945,7 +926,7 @@ def phase_hash(cfg: C.Config, phase: str) -> str:
 def _legacy_phase_hash(cfg: C.Config, phase: str) -> str:
     # The hash of paulkit 9947c09 and before (whole data section, epochs, eval cadence), so
     # that checkpoints written then, which do not store their settings, are still recognised.
-    d = C.config_to_dict(cfg)
+    d = C.hashed_dict(cfg)  # the keys under their names of then
     keep = {"data", "model", "pretrain", "seed", "deterministic"}
     if phase == "adapt":
         keep |= {"adapt"}
@@ -1053,7 +1034,7 @@ def _try_resume(checkpoint, cfg: C.Config, phase: str, restart: bool = False) ->
     if checkpoint is None or not (Path(checkpoint).exists() or Path(checkpoint).is_symlink()):
         return None
     if restart:
-        if ddp.env_rank() == 0:
+        if env_rank() == 0:
             moved = utils.move_aside(checkpoint)
             print(f"--restart: moved {checkpoint} aside to {moved.name}")
         ddp.barrier()
@@ -1066,7 +1047,7 @@ def _try_resume(checkpoint, cfg: C.Config, phase: str, restart: bool = False) ->
 def _run_folder_lock(checkpoint):
     if checkpoint is None:
         return contextlib.nullcontext()
-    return utils.run_lock(Path(checkpoint).parent, enabled=ddp.env_rank() == 0)
+    return utils.run_lock(Path(checkpoint).parent, enabled=env_rank() == 0)
 
 
 def _check_batch(n: int, batch_size: int, world_size: int, drop_last: bool, key: str) -> None:
@@ -1083,7 +1064,7 @@ def checkpoint_path(
     cfg: C.Config, phase: str, tag: str = "", out: str | Path | None = None
 ) -> Path:
     """Where :func:`train_or_load` keeps a phase's checkpoint for this preset and seed."""
-    root = Path(out) if out is not None else C.output_root()
+    root = Path(out) if out is not None else paths.output_root()
     suffix = f"-{tag}" if tag else ""
     run = f"seed{cfg.seed}"
     if cfg.data.synth_seed and "synth" in (cfg.data.source, cfg.data.target):
@@ -1116,7 +1097,7 @@ def train_or_load(
     cfg: C.Config,
     phase: str = "adapt",
     tag: str = "",
-    device: str | torch.device | None = None,
+    device: str | torch.device | Runtime | None = None,
     out: str | Path | None = None,
     progress: bool = True,
     pretrained: nn.Module | None = None,
@@ -1151,26 +1132,26 @@ def train_or_load(
 
 def _train_or_load(cfg, phase, path, device, out, progress, pretrained, restart):
     epochs, _ = _epochs(cfg, phase)
-    dev = make_runtime(cfg, device).device  # LOCAL_RANK's GPU under torchrun
+    rt = make_runtime(cfg, device)  # built once here unless the command passed its own
     if path.exists() and not restart:
         state = _check(utils.load_checkpoint(path), path)
         check_checkpoint(state, cfg, phase, path)
         if state["epoch"] >= epochs:
-            model, _ = load_model(path, dev)
+            model, _ = load_model(path, rt.device)
             print(f"loaded {phase} checkpoint {path} (epoch {state['epoch']})")
             return model, state["history"]
         print(f"resuming {phase} from {path} at epoch {state['epoch']} of {epochs}")
     if phase in ("pretrain", "oracle"):
         return pretrain(
-            cfg, dev, path, use_target_labels=phase == "oracle", progress=progress, restart=restart
+            cfg, rt, path, use_target_labels=phase == "oracle", progress=progress, restart=restart
         )
     if pretrained is None:
         try:
-            pretrained, _ = train_or_load(cfg, "pretrain", device=dev, out=out, progress=progress)
+            pretrained, _ = train_or_load(cfg, "pretrain", device=rt, out=out, progress=progress)
         except CheckpointMismatch:
             if not restart:
                 raise
             pretrained, _ = train_or_load(
-                cfg, "pretrain", device=dev, out=out, progress=progress, restart=True
+                cfg, "pretrain", device=rt, out=out, progress=progress, restart=True
             )
-    return adapt(cfg, pretrained, dev, path, progress=progress, restart=restart)
+    return adapt(cfg, pretrained, rt, path, progress=progress, restart=restart)

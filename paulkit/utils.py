@@ -1,5 +1,5 @@
-"""Small shared helpers: seeds, the one place that picks the device, atomic writes, safe loads,
-and the lock that keeps one run per output folder."""
+"""Small shared helpers: seeds, atomic writes, safe loads, and the lock that keeps one run per
+output folder. Where a run happens (device, process group) is :mod:`paulkit.runtime`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ except ImportError:  # pragma: no cover - not on the tested platforms
 
 __all__ = [
     "set_seed",
-    "select_device",
     "atomic_save",
     "atomic_write_text",
     "load_checkpoint",
@@ -35,38 +34,21 @@ __all__ = [
 ]
 
 
-def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+def set_seed(seed: int, deterministic: bool = False, cuda: bool = True) -> None:
+    """Seed Python's, NumPy's and torch's generators: the one seed helper of paulkit.
+
+    ``deterministic`` also asks torch for deterministic kernels. ``cuda=False`` seeds only
+    torch's CPU generator (in DataLoader workers, which must not touch CUDA)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if cuda:
+        torch.manual_seed(seed)
+    else:
+        torch.random.default_generator.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """The one place paulkit chooses a device: the argument, else ``PAULKIT_DEVICE``,
-    else CUDA, then Apple MPS, then the CPU."""
-    choice = device if device is not None else os.environ.get("PAULKIT_DEVICE")
-    if choice is not None:
-        try:
-            dev = torch.device(choice)
-        except RuntimeError:
-            raise ValueError(
-                f"device {choice!r} is not a device; use cpu, cuda, cuda:1 or mps"
-            ) from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {choice!r} asked for, but CUDA is not available here")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {choice!r} asked for, but Apple MPS is not available here")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:

@@ -52,13 +52,13 @@ def pedal_loop(patch_feats, bank, index, scale=15.0, k=10):
     return total / (bsz * num_patches)
 
 
-def ipfl_loop(views, centers, num=2, margin=2.0, max_iter=15, nearest=3, fallback_zero=True):
+def ipfl_loop(views, centers, num_views=2, margin=2.0, max_iter=15, nearest=3, fallback_zero=True):
     """IPFL with cycle ranking, one view and one candidate at a time (the official loop)."""
     centers = centers.detach()
     bsz = centers.shape[0]
     total = 0.0
     for v in range(views.shape[0]):
-        b = v // num
+        b = v // num_views
         diff = (views[v][None, :] - centers).pow(2).sum(1).sqrt()  # (B,)
         d_pos = diff[b]
         others = [j for j in range(bsz) if j != b]

@@ -85,4 +85,33 @@ def test_evaluate_honours_data_overrides_refuses_the_rest_and_names_the_checkpoi
     assert cli.main([*base, "--set", "data.num_workers=1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "preset tutorial" in out and "synth_small" not in out and "rank-1" in out
-    assert "target: synthetic target (preset tiny, data seed 0)" in out
+    assert "target: synthetic target (size tiny, data seed 0)" in out
+    # the old name of data.synth_size: accepted, with one line saying so
+    assert cli.main([*base, "--set", "data.synth_preset=tiny", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "paulkit evaluate: warning: --set data.synth_preset is deprecated and goes in the next "
+        "release: use data.synth_size"
+    ]
+
+
+def test_synth_takes_a_size_and_still_reads_the_old_preset_flag(tmp_path, capsys, monkeypatch):
+    from paulkit.data import synth
+    from tests.test_synth import MICRO
+
+    monkeypatch.setitem(synth.SIZES, "micro", MICRO)
+    assert cli.main(["synth", "--size", "micro", "--root", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "source: made" in out and "target: made" in out and "warning" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "source_micro_seed0",
+        "target_micro_seed0",
+    ]
+    assert cli.main(["synth", "--preset", "micro", "--root", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("already there (size micro, seed 0); skipped") == 2
+    assert err.strip() == (
+        "paulkit synth: warning: --preset is deprecated and goes in the next release: use --size"
+    )
+    assert cli.main(["synth", "--preset", "micro", "--size", "tiny", "--root", str(tmp_path)]) == 2
+    assert "give --size only" in capsys.readouterr().err

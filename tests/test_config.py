@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from paulkit import config
+from paulkit import config, paths
 
 
 def test_every_preset_is_frozen_and_hashable():
@@ -83,9 +83,32 @@ def test_override_errors(item, msg):
         config.override(config.get_preset("tutorial"), item)
 
 
+def test_the_old_name_of_a_renamed_key_is_read_with_a_deprecation_warning():
+    tutorial = config.get_preset("tutorial")
+    with pytest.warns(DeprecationWarning, match="data.synth_preset is deprecated.*data.synth_size"):
+        cfg = config.override(tutorial, "data.synth_preset=small")
+    assert cfg == config.override(tutorial, "data.synth_size=small")
+    assert cfg.data.synth_size == "small"
+
+
+def test_a_config_stored_by_an_older_paulkit_is_read():
+    """A checkpoint's config from before the renames: data.synth_preset, and compile; and
+    from before the cluster section (read with its defaults, hashed as before)."""
+    tutorial = config.get_preset("tutorial")
+    old = config.config_to_dict(tutorial)
+    old["data"]["synth_preset"] = old["data"].pop("synth_size")
+    old["compile"] = False
+    assert config.config_from_dict(old) == tutorial
+    del old["cluster"]
+    assert config.config_from_dict(old) == dataclasses.replace(
+        tutorial, cluster=config.ClusterConfig()
+    )
+    assert config.config_hash(old) == config.config_hash(tutorial)
+
+
 def test_roots_follow_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PAULKIT_DATA", str(tmp_path / "d"))
     monkeypatch.setenv("PAULKIT_OUT", str(tmp_path / "o"))
-    assert config.data_root() == tmp_path / "d"
-    assert config.data_root(tmp_path) == tmp_path
-    assert config.output_root() == tmp_path / "o"
+    assert paths.data_root() == tmp_path / "d"
+    assert paths.data_root(tmp_path) == tmp_path
+    assert paths.output_root() == tmp_path / "o"

@@ -32,8 +32,8 @@ from paulkit.data import transforms as T
 
 
 @pytest.fixture
-def micro_preset(monkeypatch):
-    """A preset far below tiny, so that generating in a test takes a fraction of a second."""
+def micro_size(monkeypatch):
+    """A size far below tiny, so that generating in a test takes a fraction of a second."""
     sizes = {
         "source": synth.SplitSizes(12, 60, 4, 32, 3, 2),
         "target": synth.SplitSizes(8, 48, 6, 48, 4, 2),
@@ -324,11 +324,15 @@ def test_load_dataset_names(tmp_path):
         load_dataset("cuhk03", tmp_path)
 
 
-def test_load_dataset_synth(tmp_path, micro_preset):
-    tgt = load_dataset("synth-target", tmp_path, preset=micro_preset, seed=1)
-    src = load_dataset("synth-source", tmp_path, preset=micro_preset, seed=1)
-    assert isinstance(tgt, Market1501) and tgt.root.name == f"target_{micro_preset}_seed1"
+def test_load_dataset_synth(tmp_path, micro_size):
+    tgt = load_dataset("synth-target", tmp_path, size=micro_size, seed=1)
+    src = load_dataset("synth-source", tmp_path, size=micro_size, seed=1)
+    assert isinstance(tgt, Market1501) and tgt.root.name == f"target_{micro_size}_seed1"
     assert src.num_train_cams > tgt.num_train_cams
+    # the size's old keyword is read until the next release, with a deprecation warning
+    with pytest.warns(DeprecationWarning, match=r"load_dataset\(preset=...\) is deprecated"):
+        old = load_dataset("synth-target", tmp_path, preset=micro_size, seed=1)
+    assert old.root == tgt.root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,14 +376,16 @@ def test_pair_dataset_draws_the_partner_as_the_official_code(market):
 
 def test_multiview_dataset(market):
     data = MultiViewDataset(
-        market.train, T.train_transform(16, 8), T.pseudo_pair_transform(16, 8), num=3
+        market.train, T.train_transform(16, 8), T.pseudo_pair_transform(16, 8), num_views=3
     )
     views, index = data[2]
     assert views.shape == (3, 3, 16, 8) and index == 2
     with pytest.raises(ValueError, match="same"):
         MultiViewDataset(market.train, T.test_transform(16, 8), T.test_transform(8, 8))[0]
-    with pytest.raises(ValueError, match="num=0"):
-        MultiViewDataset(market.train, T.test_transform(16, 8), T.test_transform(16, 8), num=0)
+    with pytest.raises(ValueError, match="num_views=0"):
+        MultiViewDataset(
+            market.train, T.test_transform(16, 8), T.test_transform(16, 8), num_views=0
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from paulkit import config as C
 from paulkit import distributed as ddp
-from paulkit import losses, train
+from paulkit import losses, runtime, train
 from paulkit.data import transforms as T
 
 pytestmark = pytest.mark.distributed
@@ -96,7 +96,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     pre = torch.load(tmp_path / "pre.pt", weights_only=True)
     out: dict = {}
     model, hist = train.adapt(cfg, pre, "cpu", tmp_path / "two.pt", progress=False, stop_after=1)
-    out["world"] = train.make_runtime(cfg, "cpu").world_size
+    out["world"] = runtime.make_runtime(cfg, "cpu").world_size
     out["state"] = _weights(model)
     out["bank"] = model.patch_memory.bank
     out["centers"] = model.image_memory.centers
@@ -111,7 +111,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     except ValueError as exc:
         out["error"] = str(exc)
     torch.save(out, tmp_path / f"rank{rank}.pt")
-    ddp.shutdown()
+    runtime.shutdown()
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -287,7 +287,7 @@ def test_ipfl_owner_offset_splits_the_global_loss():
 def test_ipfl_owner_offset_rejects_bad_positions(rows, offset):
     views, centers = torch.randn(rows, 6), torch.randn(8, 6)
     with pytest.raises(ValueError, match="owner_offset"):
-        losses.ipfl_loss(views, centers, num=2, owner_offset=offset)
+        losses.ipfl_loss(views, centers, num_views=2, owner_offset=offset)
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
@@ -296,11 +296,11 @@ def test_rank_loaders_share_each_global_batch_of_one_process(drop_last):
     data = list(range(53))  # an item is its own index
     cpu = torch.device("cpu")
     for epoch in (0, 3):
-        one = train._train_loader(data, 8, train.Runtime(cpu), cfg, epoch, drop_last)
+        one = train._train_loader(data, 8, runtime.Runtime(cpu), cfg, epoch, drop_last)
         one = [b.tolist() for b in one]
         per_rank = [
             [b.tolist() for b in train._train_loader(data, 8, rt, cfg, epoch, drop_last)]
-            for rt in (train.Runtime(cpu, rank=r, world_size=WORLD) for r in range(WORLD))
+            for rt in (runtime.Runtime(cpu, rank=r, world_size=WORLD) for r in range(WORLD))
         ]
         assert len(one) == (53 // 8 if drop_last else 53 // 8 + 1)
         assert all(len(p) == len(one) for p in per_rank)
@@ -332,16 +332,16 @@ def test_shard_bounds_cover_everything_in_order():
 def test_plain_run_is_one_process_without_a_group(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    rt = train.make_runtime(tiny_cfg(), "cpu")
+    rt = runtime.make_runtime(tiny_cfg(), "cpu")
     assert (rt.rank, rt.world_size) == (0, 1)
     x = torch.arange(3)
     assert rt.gather(x) is x
     assert not torch.distributed.is_initialized()
     with pytest.raises(ValueError, match="torchrun"):
-        train.make_runtime(tiny_cfg(), "cpu", distributed=True)
+        runtime.make_runtime(tiny_cfg(), "cpu", distributed=True)
 
 
 def test_sync_bn_on_the_cpu_is_a_clear_error():
-    rt = train.Runtime(torch.device("cpu"), rank=0, world_size=2)
+    rt = runtime.Runtime(torch.device("cpu"), rank=0, world_size=2)
     with pytest.raises(ValueError, match="SyncBatchNorm runs on CUDA only"):
-        ddp.wrap(nn.BatchNorm1d(3), rt, None, sync_bn=True)
+        ddp.wrap(nn.BatchNorm1d(3), rt, sync_bn=True)

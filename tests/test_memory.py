@@ -19,7 +19,6 @@ def test_patch_memory_first_sight_then_momentum_by_hand():
     torch.testing.assert_close(mem.bank[0, 0], torch.tensor([3.0, 4.0]))
     torch.testing.assert_close(mem.bank[[1, 3]], torch.zeros(2, 1, 2))  # untouched
     assert mem.seen.tolist() == [True, False, True, False]
-    torch.testing.assert_close(mem.sq_norms[:, 0], torch.tensor([25.0, 0.0, 0.82, 0.0]))
 
 
 def test_patch_memory_matches_the_loop_form_over_many_updates():
@@ -34,7 +33,6 @@ def test_patch_memory_matches_the_loop_form_over_many_updates():
         R.memory_update_loop(bank, seen, index, feats, 0.3)
     torch.testing.assert_close(mem.bank, bank)
     assert torch.equal(mem.seen, seen)
-    torch.testing.assert_close(mem.sq_norms, bank.square().sum(-1))
 
 
 def test_patch_bank_is_stored_patch_major_and_gets_no_gradient():
@@ -55,7 +53,6 @@ def test_patch_memory_state_dict_round_trip():
     other = PatchMemory(6, 2, 3)
     other.load_state_dict(state)
     torch.testing.assert_close(other.bank, mem.bank)
-    torch.testing.assert_close(other.sq_norms, mem.sq_norms)  # rebuilt on load
     assert torch.equal(other.seen, mem.seen)
     with pytest.raises(ValueError, match="same images"):
         PatchMemory(7, 2, 3).load_state_dict(state)
@@ -87,9 +84,9 @@ def test_memory_constructors_validate():
 def test_image_memory_centres_by_hand():
     mem = ImageMemory(3, dim=2, momentum=0.1)
     views = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [2.0, 0.0]])  # 2 images x 2 views
-    centres = mem.update(torch.tensor([2, 0]), views, num=2)
+    centres = mem.update(torch.tensor([2, 0]), views, num_views=2)
     torch.testing.assert_close(centres, torch.tensor([[2.0, 1.0], [1.0, 2.0]]))  # view means
-    centres = mem.update(torch.tensor([2]), torch.tensor([[0.0, 0.0], [2.0, 2.0]]), num=2)
+    centres = mem.update(torch.tensor([2]), torch.tensor([[0.0, 0.0], [2.0, 2.0]]), num_views=2)
     torch.testing.assert_close(centres, torch.tensor([[1.9, 1.0]]))  # 0.9 (2, 1) + 0.1 (1, 1)
     torch.testing.assert_close(mem.centers[2], torch.tensor([1.9, 1.0]))
     assert not centres.requires_grad
@@ -103,7 +100,7 @@ def test_image_memory_matches_the_loop_form():
     for _ in range(5):
         index = torch.randperm(n)[:6]
         emb = torch.randn(6 * num, e, requires_grad=True)
-        got = mem.update(index, emb, num=num)
+        got = mem.update(index, emb, num_views=num)
         want = R.image_memory_update_loop(centers, seen, index, emb.detach(), num, 0.2)
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(mem.centers, centers)
@@ -115,8 +112,8 @@ def test_image_memory_matches_the_loop_form():
 def test_image_memory_rejects_bad_updates():
     mem = ImageMemory(5, dim=3)
     with pytest.raises(ValueError, match="num"):
-        mem.update(torch.tensor([0, 1]), torch.zeros(5, 3), num=2)
+        mem.update(torch.tensor([0, 1]), torch.zeros(5, 3), num_views=2)
     with pytest.raises(ValueError, match="embeddings"):
-        mem.update(torch.tensor([0, 1]), torch.zeros(4, 2), num=2)
+        mem.update(torch.tensor([0, 1]), torch.zeros(4, 2), num_views=2)
     with pytest.raises(ValueError, match="out of range"):
-        mem.update(torch.tensor([5]), torch.zeros(2, 3), num=2)
+        mem.update(torch.tensor([5]), torch.zeros(2, 3), num_views=2)

@@ -55,6 +55,29 @@ def test_harmless_changes_keep_the_phase_hash(tmp_path, monkeypatch):
     )
 
 
+def test_renaming_a_config_key_changes_no_identity():
+    """Checkpoints already trained and the published numbers keep their identity across the
+    renames of issue 18 (data.synth_preset -> data.synth_size, Config.compile deleted).
+
+    The expected values were printed by paulkit at 32215cf (before the renames) with
+    ``cfg = C.get_preset("tutorial")``: ``train.phase_hash(cfg, phase)``,
+    ``train._legacy_phase_hash(cfg, phase)`` and ``C.config_hash(cfg)`` (the last is the
+    ``config_hash`` of the tutorial entry in docs/results.json).
+    """
+    cfg = C.get_preset("tutorial")
+    assert {p: train.phase_hash(cfg, p) for p in ("pretrain", "oracle", "adapt")} == {
+        "pretrain": "7b96e96db3a15e61",
+        "oracle": "9415429089b9e3a2",
+        "adapt": "17759fabddf6f448",
+    }
+    assert {p: train._legacy_phase_hash(cfg, p) for p in ("pretrain", "oracle", "adapt")} == {
+        "pretrain": "86206f3757606d68",
+        "oracle": "388fbc271e06e418",
+        "adapt": "ed48ca3b98f952f8",
+    }
+    assert C.config_hash(cfg) == "5c8aaaa6293860d0"
+
+
 def test_real_data_identity_is_its_content_not_its_path(tmp_path):
     from tests.test_datasets import make_market
 
@@ -138,7 +161,7 @@ def test_cli_mismatch_is_one_line_and_restart_flag(tmp_path, capsys):
     args += ["--set", "pretrain.epochs=1", "--set", "pretrain.batch_size=16"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "source: synthetic source (preset tiny, data seed 0) read from" in out
+    assert "source: synthetic source (size tiny, data seed 0) read from" in out
     assert cli.main([*args, "--set", "pretrain.lr_new=0.2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "pretrain.lr_new" in err and "--restart" in err and len(err.splitlines()) == 1
@@ -412,7 +435,7 @@ def test_a_rank_started_without_its_peers_stops_with_one_line(tmp_path):
         MASTER_PORT=str(port),
         PAULKIT_DDP_TIMEOUT="3",
     )
-    code = "from paulkit import distributed as d; d.setup('cpu')"
+    code = "from paulkit import runtime; runtime.setup('cpu')"
     run = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

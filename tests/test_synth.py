@@ -22,7 +22,7 @@ MICRO = {
 
 @pytest.fixture
 def micro(monkeypatch):
-    """A preset far below tiny, so that generating in a test takes a fraction of a second."""
+    """A size far below tiny, so that generating in a test takes a fraction of a second."""
     monkeypatch.setitem(synth.SIZES, "micro", MICRO)
     return "micro"
 
@@ -137,17 +137,28 @@ def test_embedded_and_main_generate(tmp_path, micro, capsys):
     assert Market1501(src).num_train_cams > Market1501(tgt).num_train_cams
 
 
+def test_the_old_size_keyword_and_the_markers_on_disk(tmp_path, micro):
+    """``preset=`` (the size's old name) is read with a deprecation warning; the marker keeps
+    its key ``preset``, so that folders made before the rename are still complete."""
+    folder = synth.generate(tmp_path, "target", micro, seed=0)
+    with pytest.warns(DeprecationWarning, match=r"generate\(preset=...\) is deprecated"):
+        assert synth.generate(tmp_path, "target", preset=micro) == folder
+    with pytest.warns(DeprecationWarning, match=r"embedded\(preset=...\)"):
+        assert embedded(preset=micro, root=tmp_path)[1] == folder
+    assert json.loads((folder / synth.MARKER).read_text())["preset"] == micro
+
+
 def test_embedded_default_root_is_synth_root(tmp_path, micro, monkeypatch):
     monkeypatch.setenv("PAULKIT_SYNTH", str(tmp_path / "synth"))
     src, tgt = embedded(micro, 0)
     assert src.parent == tgt.parent == tmp_path / "synth"
 
 
-def test_preset_sizes():
+def test_sizes():
     market = synth.SIZES["market"]["target"]
     assert (market.train_ids, market.train_images, market.test_ids) == (751, 12936, 750)
-    for preset in ("tiny", "small"):
-        tgt = synth.SIZES[preset]["target"]
+    for size in ("tiny", "small"):
+        tgt = synth.SIZES[size]["target"]
         assert tgt.train_images / tgt.train_ids >= 10  # PEDAL's k = 10 needs neighbours
     assert synth.SIZES["small"]["target"].train_ids >= 2 * synth.SIZES["tiny"]["target"].train_ids
 
@@ -213,7 +224,7 @@ def test_views_change_what_is_seen():
     "kwargs, match",
     [
         ({"domain": "sky"}, "domain"),
-        ({"preset": "huge"}, "preset"),
+        ({"size": "huge"}, "size='huge'"),
         ({"seed": -1}, "seed"),
     ],
 )

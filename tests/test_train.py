@@ -2,12 +2,14 @@ import copy
 import dataclasses
 
 import pytest
+import reference as R
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import paulkit as pk
 from paulkit import config as C
-from paulkit import train
+from paulkit import runtime, train
 
 
 def tiny_cfg(**adapt) -> C.Config:
@@ -174,13 +176,13 @@ def _small_adapt_setup(cfg):
     torch.manual_seed(0)
     pre = train.build_model(cfg, num_classes=10, pretrain=True).state_dict()
     model = train.adaptation_model(pre, cfg)
-    rt = train.make_runtime(cfg, "cpu")
+    rt = runtime.make_runtime(cfg, "cpu")
     target = train.target_dataset(cfg)
     views = pk.data.MultiViewDataset(
         train.target_train(cfg, target),
         pk.data.transforms.train_transform(cfg.data.height, cfg.data.width),
         pk.data.transforms.pseudo_pair_transform(cfg.data.height, cfg.data.width),
-        num=cfg.adapt.num_views,
+        num_views=cfg.adapt.num_views,
     )
     return pre, model, rt, views
 
@@ -218,7 +220,7 @@ def test_memory_init_fills_patches_as_a_pass_of_that_mode_and_leaves_centres_emp
 def test_first_visit_centre_is_the_mean_of_the_views():
     im = pk.memory.ImageMemory(4, dim=3)
     emb = torch.randn(4, 3)  # two images x two views
-    centres = im.update(torch.tensor([2, 0]), emb, num=2)
+    centres = im.update(torch.tensor([2, 0]), emb, num_views=2)
     torch.testing.assert_close(centres, emb.view(2, 2, 3).mean(1))
     loss = pk.losses.ipfl_loss(emb, centres, 2, margin=2.0)  # views equal their centre's pull
     assert torch.isfinite(loss)
@@ -295,3 +297,65 @@ def test_held_out_data_seeds_get_cameras_of_their_own():
     cfg = C.override(C.get_preset("tutorial"), "data.synth_seed=2")
     assert "data2-seed0" in str(train.checkpoint_path(cfg, "adapt"))
     assert "data" not in train.checkpoint_path(C.get_preset("tutorial"), "adapt").parent.name
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+def test_paul_step_is_memories_first_then_the_weighted_losses():
+    """paul_step by hand: both memories take the batch before the losses, the total is
+    pedal_weight x PEDAL + ipfl_weight x IPFL (the loop forms of tests/reference.py), and a
+    zero weight leaves its loss out."""
+    torch.manual_seed(0)
+    n, p, d, e, b, num = 20, 3, 4, 6, 5, 2
+    a = C.AdaptConfig(num_views=num, pedal_k=4)
+    pm, im = pk.memory.PatchMemory(n, p, d), pk.memory.ImageMemory(n, e)
+    pm.update(torch.arange(n), F.normalize(torch.randn(n, p, d), dim=-1))
+    feats = F.normalize(torch.randn(b * num, p, d), dim=-1).requires_grad_()
+    emb = torch.randn(b * num, e, requires_grad=True)
+    index = torch.tensor([3, 7, 0, 12, 19])
+    bank, seen = pm.bank.clone(), pm.seen.clone()
+    centers, cseen = im.centers.clone(), im.seen.clone()
+    out = train.paul_step(feats, emb, index, pm, im, a)
+    first = feats.view(b, num, p, d)[:, 0]
+    R.memory_update_loop(bank, seen, index, first.detach(), a.memory_momentum)
+    c = R.image_memory_update_loop(centers, cseen, index, emb.detach(), num, a.memory_momentum)
+    torch.testing.assert_close(pm.bank, bank)
+    torch.testing.assert_close(im.centers, centers)
+    pedal = R.pedal_loop(first, bank, index, a.pedal_scale, a.pedal_k)
+    ipfl = R.ipfl_loop(emb, c, num, a.ipfl_margin, a.ipfl_max_iter, a.ipfl_nearest)
+    torch.testing.assert_close(out["pedal"], pedal)
+    torch.testing.assert_close(out["ipfl"], ipfl)
+    torch.testing.assert_close(out["loss"], a.pedal_weight * pedal + a.ipfl_weight * ipfl)
+    only = train.paul_step(feats, emb, index, pm, im, C.AdaptConfig(num_views=num, ipfl_weight=0))
+    assert float(only["ipfl"]) == 0.0 and only["loss"].requires_grad
+    with pytest.raises(ValueError, match="image-major"):
+        train.paul_step(feats[:-1], emb, index, pm, im, a)
+
+
+def test_adapt_epoch_is_paul_step_on_every_batch(monkeypatch):
+    """Training calls paul_step (the function the benchmarks time), once per batch."""
+    cfg = tiny_cfg()
+    _, model, rt, views = _small_adapt_setup(cfg)
+    pm, im = train.init_memories(model, views, rt, cfg, progress=False)
+    calls = []
+    real = train.paul_step
+
+    def spy(*args, **kwargs):
+        calls.append(args[2].tolist())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "paul_step", spy)
+    loader = train._train_loader(views, cfg.adapt.batch_size, rt, cfg, 0, False)
+    opt = train._adapt_optimizer(model, cfg.adapt)
+    stats = train.adapt_epoch(model, loader, opt, pm, im, rt, cfg.adapt, progress=False)
+    assert calls == [list(batch) for batch in loader.batch_sampler]
+    assert set(stats) == {"loss", "pedal", "ipfl", "images_per_s"}
+
+
+def test_accumulator_reports_means_over_batches():
+    acc = train.Accumulator()
+    acc.add(4, loss=torch.tensor(1.0), acc=0.5)
+    acc.add(2, loss=3.0, acc=1.0)
+    m = acc.means()
+    assert m["loss"] == 2.0 and m["acc"] == 0.75 and acc.images == 6 and m["images_per_s"] > 0

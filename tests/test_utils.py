@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from paulkit import utils
+from paulkit import runtime, utils
 
 
 def test_atomic_save_roundtrip_and_no_leftovers(tmp_path):
@@ -45,11 +45,11 @@ def test_load_checkpoint_refuses_pickled_objects(tmp_path):
 
 def test_select_device(monkeypatch):
     monkeypatch.delenv("PAULKIT_DEVICE", raising=False)
-    assert utils.select_device("cpu").type == "cpu"
+    assert runtime.select_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            utils.select_device("cuda")
-        assert utils.select_device().type in ("cpu", "mps")
+            runtime.select_device("cuda")
+        assert runtime.select_device().type in ("cpu", "mps")
 
 
 def test_set_seed_repeats():

@@ -54,7 +54,12 @@ __all__ = [
 
 
 def load_dataset(
-    name: str, root: str | Path | None = None, preset: str = "tiny", seed: int = 0
+    name: str,
+    root: str | Path | None = None,
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    preset: str | None = None,
 ) -> ReidDataset:
     """A data set by name: ``"synth-source"``, ``"synth-target"``, ``"market1501"``,
     ``"dukemtmcreid"`` or ``"msmt17"``.
@@ -63,16 +68,18 @@ def load_dataset(
         name: the data set (case and ``-``/``_`` do not matter).
         root: for the real sets, the folder holding them (default ``PAULKIT_DATA``, else
             ``data/``); for the synthetic ones, the folder to generate into (default
-            :func:`paulkit.config.synth_root`).
-        preset, seed: size and seed of the synthetic data (ignored for real data sets).
+            :func:`paulkit.paths.synth_root`).
+        size, seed: size (``"tiny"``, ``"small"``, ``"market"``) and seed of the synthetic
+            data (ignored for real data sets); ``preset=`` is the deprecated old name of size.
 
     Taught in: notebooks/01_data_loading.ipynb.
     """
+    size = synth.size_or_old_name(size, preset, "load_dataset")
     key = name.lower().replace("_", "-")
     if key == "synth-source":
-        return Market1501(embedded(preset, seed, root=root)[0])
+        return Market1501(embedded(size, seed, root=root)[0])
     elif key == "synth-target":
-        return Market1501(embedded(preset, seed, root=root)[1])
+        return Market1501(embedded(size, seed, root=root)[1])
     elif key in ("market1501", "market-1501", "market"):
         return Market1501(root)
     elif key in ("dukemtmcreid", "dukemtmc-reid", "duke"):

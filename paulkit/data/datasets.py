@@ -28,6 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from paulkit.paths import data_root
+
 __all__ = [
     "ImageRecord",
     "DatasetError",
@@ -175,9 +177,7 @@ def _resolve_root(
     root: str | Path | None, names: Sequence[str], has_layout: Callable[[Path], bool], what: str
 ) -> Path:
     """The data set folder: ``root`` itself, or ``root/<usual name>`` (one or two levels)."""
-    from paulkit import config
-
-    base = config.data_root(root)
+    base = data_root(root)
     if not base.exists():
         raise DatasetError(
             f"{what}: folder {base} does not exist. Download {what} yourself (see data/README.md), "
@@ -689,14 +689,14 @@ class PairDataset(Dataset):
 class MultiViewDataset(Dataset):
     """Unlabelled multi-view samples for PAUL: item ``(views, index)``; never the pid.
 
-    View 0 is ``transform(img)``; views ``1 .. num-1`` are ``pair_transform(img)``, the
+    View 0 is ``transform(img)``; views ``1 .. num_views-1`` are ``pair_transform(img)``, the
     pseudo pairs of docs/paper.md (colour jitter, rotation, crop, see
     :func:`paulkit.data.transforms.pseudo_pair_transform`).
 
     Shape:
-        views: (num, C, H, W); index: the image's position in ``records`` (its memory slot).
+        views: (num_views, C, H, W); index: the image's position in ``records`` (its memory slot).
 
-    Paper: docs/paper.md "Unsupervised training" (``num = 2`` views per image).
+    Paper: docs/paper.md "Unsupervised training" (``num_views = 2`` views per image).
 
     Taught in: notebooks/01_data_loading.ipynb, notebooks/04_ipfl_loss.ipynb.
     """
@@ -706,23 +706,27 @@ class MultiViewDataset(Dataset):
         records: Sequence[ImageRecord],
         transform: Callable,
         pair_transform: Callable,
-        num: int = 2,
+        num_views: int = 2,
     ) -> None:
         if len(records) == 0:
             raise ValueError("records is empty; pass a non-empty split such as dataset.train")
-        if num < 1:
-            raise ValueError(f"num={num}: the number of views must be at least 1 (PAUL uses 2)")
+        if num_views < 1:
+            raise ValueError(
+                f"num_views={num_views}: the number of views must be at least 1 (PAUL uses 2)"
+            )
         self.records = list(records)
         self.transform = transform
         self.pair_transform = pair_transform
-        self.num = num
+        self.num_views = num_views
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = load_image(self.records[index].path)
-        views = [self.transform(img)] + [self.pair_transform(img) for _ in range(self.num - 1)]
+        views = [self.transform(img)] + [
+            self.pair_transform(img) for _ in range(self.num_views - 1)
+        ]
         shapes = {tuple(v.shape) for v in views}
         if len(shapes) != 1:
             raise ValueError(

@@ -42,12 +42,15 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from paulkit.paths import synth_root
 
 __all__ = [
     "HEIGHT",
@@ -982,36 +985,49 @@ def _check_domain(domain: str) -> None:
         raise ValueError(f"domain={domain!r}: choose 'source' or 'target'")
 
 
-def _check_preset(preset: str) -> None:
-    if preset not in SIZES:
-        raise ValueError(f"preset={preset!r}: choose one of {', '.join(SIZES)}")
+def _check_size(size: str) -> None:
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: choose one of {', '.join(SIZES)}")
 
 
-def folder_name(domain: str, preset: str, seed: int, knobs: DomainKnobs | None = None) -> str:
+def size_or_old_name(size: str, preset: str | None, where: str) -> str:
+    """``size``, or ``preset`` when given: the size's keyword in paulkit 0.1.0, read with a
+    deprecation warning until the next release."""
+    if preset is None:
+        return size
+    warnings.warn(
+        f"{where}(preset=...) is deprecated and goes in the next release: use size={preset!r}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return preset
+
+
+def folder_name(domain: str, size: str, seed: int, knobs: DomainKnobs | None = None) -> str:
     """The folder :func:`generate` writes under its root, e.g. ``target_tiny_seed0``.
 
     Knobs other than the domain's defaults add their digest, so tuning runs never clobber
     the default data.
     """
-    name = f"{domain}_{preset}_seed{seed}"
+    name = f"{domain}_{size}_seed{seed}"
     if knobs is not None and knobs != DOMAINS[domain]:
         name += f"_k{knobs.digest()}"
     return name
 
 
-def _marker(domain: str, preset: str, seed: int, knobs: DomainKnobs) -> dict[str, Any]:
+def _marker(domain: str, size: str, seed: int, knobs: DomainKnobs) -> dict[str, Any]:
     return {
         "generator": "paulkit.data.synth",
         "version": GENERATOR_VERSION,
         "domain": domain,
-        "preset": preset,
+        "preset": size,  # the on-disk name: folders made before the rename stay complete
         "seed": seed,
         "knobs": knobs.digest(),
     }
 
 
 def is_complete(
-    folder: str | os.PathLike, domain: str, preset: str, seed: int, knobs: DomainKnobs | None = None
+    folder: str | os.PathLike, domain: str, size: str, seed: int, knobs: DomainKnobs | None = None
 ) -> bool:
     """True when ``folder`` holds a finished generation with these settings."""
     marker = Path(folder) / MARKER
@@ -1021,7 +1037,7 @@ def is_complete(
         found = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    want = _marker(domain, preset, seed, knobs or DOMAINS[domain])
+    want = _marker(domain, size, seed, knobs or DOMAINS[domain])
     return all(found.get(k) == v for k, v in want.items())
 
 
@@ -1032,11 +1048,11 @@ def _encode(img: np.ndarray, quality: int) -> bytes:
 
 
 def _write_domain(
-    tmp: Path, domain: str, preset: str, seed: int, knobs: DomainKnobs, progress: bool
+    tmp: Path, domain: str, size: str, seed: int, knobs: DomainKnobs, progress: bool
 ) -> int:
     from tqdm.auto import tqdm
 
-    sizes = SIZES[preset][domain]
+    sizes = SIZES[size][domain]
     cameras = _cameras_cached(knobs, seed)
     plan = _plan(domain, sizes, knobs, seed, cameras)
     n = len(plan.name)
@@ -1077,44 +1093,48 @@ def _remove_stale_partials(parent: Path, name: str, older_than_s: float = 3600.0
 def generate(
     root: str | os.PathLike,
     domain: str = "target",
-    preset: str = "tiny",
+    size: str = "tiny",
     seed: int = 0,
     knobs: DomainKnobs | None = None,
     progress: bool = False,
+    *,
+    preset: str | None = None,
 ) -> Path:
     """Generate one domain in Market-1501's layout and return its folder.
 
-    Writes ``root/<domain>_<preset>_seed<seed>/`` (see :func:`folder_name`) with
+    Writes ``root/<domain>_<size>_seed<seed>/`` (see :func:`folder_name`) with
     ``bounding_box_train/``, ``query/`` and ``bounding_box_test/`` (gallery, distractors
     ``0000_*``, junk ``-1_*``), JPEG files named ``PPPP_cCsS_FFFFFF_NN.jpg`` at 128x64.
     :class:`paulkit.data.Market1501` reads the folder.
 
     The folder is built in a hidden temporary folder beside it and renamed when finished,
-    with a ``.complete`` marker (generator version, domain, preset, seed, knobs) written
+    with a ``.complete`` marker (generator version, domain, size, seed, knobs) written
     last; when a complete folder with the same settings is there, nothing is done.
 
     Args:
-        root: parent folder (e.g. :func:`paulkit.config.synth_root`).
+        root: parent folder (e.g. :func:`paulkit.paths.synth_root`).
         domain: ``"source"`` (labelled, many cameras) or ``"target"`` (Market-like).
-        preset: ``"tiny"``, ``"small"`` or ``"market"`` (see :data:`SIZES`).
+        size: ``"tiny"``, ``"small"`` or ``"market"`` (see :data:`SIZES`).
         seed: data seed; the same seed writes the same bytes.
         knobs: domain knobs; default :data:`SOURCE` or :data:`TARGET`.
         progress: show a tqdm bar.
+        preset: the old name of ``size`` (deprecated, goes in the next release).
 
     Returns:
         The domain's folder.
 
     Taught in: notebooks/01_data_loading.ipynb.
     """
+    size = size_or_old_name(size, preset, "generate")
     _check_domain(domain)
-    _check_preset(preset)
+    _check_size(size)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r}: pass a non-negative integer")
     knobs = knobs or DOMAINS[domain]
     root = Path(root).expanduser()
-    name = folder_name(domain, preset, int(seed), knobs)
+    name = folder_name(domain, size, int(seed), knobs)
     dest = root / name
-    if is_complete(dest, domain, preset, int(seed), knobs):
+    if is_complete(dest, domain, size, int(seed), knobs):
         return dest
     if dest.exists() and not (dest / MARKER).exists():
         raise SynthFolderError(
@@ -1128,8 +1148,8 @@ def generate(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data is not
     try:
-        count = _write_domain(tmp, domain, preset, int(seed), knobs, progress)
-        marker = _marker(domain, preset, int(seed), knobs) | {"images": count}
+        count = _write_domain(tmp, domain, size, int(seed), knobs, progress)
+        marker = _marker(domain, size, int(seed), knobs) | {"images": count}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         if dest.exists():  # an older generation of ours (other version or knobs): replace it
             old = root / f".{name}.old-{os.getpid()}"
@@ -1140,7 +1160,7 @@ def generate(
             try:
                 os.replace(tmp, dest)
             except OSError:
-                if is_complete(dest, domain, preset, int(seed), knobs):  # made by a concurrent run
+                if is_complete(dest, domain, size, int(seed), knobs):  # made by a concurrent run
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
                     raise
@@ -1151,15 +1171,18 @@ def generate(
 
 
 def embedded(
-    preset: str = "tiny",
+    size: str = "tiny",
     seed: int = 0,
     root: str | os.PathLike | None = None,
     progress: bool = False,
+    *,
+    preset: str | None = None,
 ) -> tuple[Path, Path]:
     """The embedded two-domain data: ``(source_dir, target_dir)``, generated if absent.
 
-    Folders live under :func:`paulkit.config.synth_root` (``PAULKIT_SYNTH``, else
-    ``data/synth``) unless ``root`` is given.
+    Folders live under :func:`paulkit.paths.synth_root` (``PAULKIT_SYNTH``, else
+    ``data/synth``) unless ``root`` is given. ``size`` is ``"tiny"``, ``"small"`` or
+    ``"market"`` (:data:`SIZES`; ``preset=`` is its deprecated old name).
 
     Example:
         >>> src, tgt = embedded("tiny")  # doctest: +SKIP
@@ -1167,31 +1190,28 @@ def embedded(
 
     Taught in: notebooks/01_data_loading.ipynb.
     """
-    from paulkit import config
-
-    base = Path(root).expanduser() if root is not None else config.synth_root()
+    size = size_or_old_name(size, preset, "embedded")
+    base = Path(root).expanduser() if root is not None else synth_root()
     return (
-        generate(base, "source", preset, seed, progress=progress),
-        generate(base, "target", preset, seed, progress=progress),
+        generate(base, "source", size, seed, progress=progress),
+        generate(base, "target", size, seed, progress=progress),
     )
 
 
 def main_generate(
-    preset: str = "tiny", seed: int = 0, root: str | os.PathLike | None = None
+    size: str = "tiny", seed: int = 0, root: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
     """What ``paulkit synth`` runs: make both domains and say what was made or found."""
-    from paulkit import config
-
-    _check_preset(preset)
-    base = Path(root).expanduser() if root is not None else config.synth_root()
+    _check_size(size)
+    base = Path(root).expanduser() if root is not None else synth_root()
     out = []
     for domain in ("source", "target"):
-        dest = base / folder_name(domain, preset, seed)
-        if is_complete(dest, domain, preset, seed):
-            print(f"{domain}: {dest} already there (preset {preset}, seed {seed}); skipped")
+        dest = base / folder_name(domain, size, seed)
+        if is_complete(dest, domain, size, seed):
+            print(f"{domain}: {dest} already there (size {size}, seed {seed}); skipped")
         else:
             t0 = time.perf_counter()
-            dest = generate(base, domain, preset, seed, progress=True)
+            dest = generate(base, domain, size, seed, progress=True)
             n = json.loads((dest / MARKER).read_text())["images"]
             dt = time.perf_counter() - t0
             print(f"{domain}: made {dest} ({n} images in {dt:.1f} s, {n / dt:.0f} img/s)")
