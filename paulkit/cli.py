@@ -1,7 +1,8 @@
 """Command line: ``python -m paulkit`` (also installed as ``paulkit``).
 
 Subcommands: ``synth`` (make the embedded data; ``--size``), ``pretrain``, ``adapt``,
-``evaluate``, ``reproduce``. Each of the last four takes ``--preset`` (a whole run's config)
+``cluster`` (Cluster Contrast from the same pretrained model), ``evaluate``, ``reproduce``.
+Each of the last five takes ``--preset`` (a whole run's config)
 plus ``--set key=value`` overrides; bad arguments and
 missing data end with one clear line and a non-zero exit, never a traceback.
 """
@@ -59,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", action="store_true", help="train on the TARGET labels (reference)")
     p = sub.add_parser("adapt", help="unsupervised PAUL adaptation on the target domain")
     _add_common(p)
-    for name in ("pretrain", "adapt"):
+    p = sub.add_parser(
+        "cluster", help="Cluster Contrast (pseudo-labels by clustering) on the target domain"
+    )
+    _add_common(p)
+    p.add_argument("--seed", type=int, default=None, help="model seed (same as --set seed=S)")
+    for name in ("pretrain", "adapt", "cluster"):
         sub.choices[name].add_argument(
             "--restart",
             action="store_true",
@@ -87,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out synthetic data draws (data seed 0 is the tuning draw)",
     )
     p.add_argument("--docs", default="docs", help="folder for results.md/results.json")
-    for name in ("pretrain", "adapt", "evaluate", "reproduce"):
+    for name in ("pretrain", "adapt", "cluster", "evaluate", "reproduce"):
         sub.choices[name].add_argument(
             "--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)"
         )
@@ -123,6 +129,8 @@ def _cfg(args: argparse.Namespace) -> config.Config:
     cfg = _override(cfg, args.overrides, args.command)
     if args.data is not None:
         cfg = config.override(cfg, f"data.root={args.data}")
+    if getattr(args, "seed", None) is not None:
+        cfg = config.override(cfg, f"seed={args.seed}")
     return cfg
 
 
@@ -208,6 +216,22 @@ def _run(args: argparse.Namespace) -> int:
             print(f"epoch {row['epoch']:3d}: rank-1 {row['rank1']:.3f}  mAP {row['mAP']:.3f}")
         print(f"checkpoint: {train.checkpoint_path(cfg, 'adapt', out=args.out)}")
         return 0
+    if args.command == "cluster":
+        from paulkit import cluster
+
+        _, hist = cluster.train_or_load(
+            cfg, device=rt, out=args.out, progress=progress, restart=args.restart
+        )
+        for i, e in enumerate(hist["epoch"]):
+            print(
+                f"epoch {e:3d}: {hist['num_clusters'][i]} clusters, outliers "
+                f"{hist['outlier_share'][i]:.1%}, NMI {hist['nmi'][i]:.3f} (hidden ids, shown "
+                f"only), loss {hist['loss'][i]:.3f}"
+            )
+        for row in hist["eval"]:
+            print(f"epoch {row['epoch']:3d}: rank-1 {row['rank1']:.3f}  mAP {row['mAP']:.3f}")
+        print(f"checkpoint: {train.checkpoint_path(cfg, cluster.PHASE, out=args.out)}")
+        return 0
     if args.command == "reproduce":
         from paulkit import reproduce
 
@@ -228,13 +252,27 @@ def _run(args: argparse.Namespace) -> int:
     raise CliError(f"unknown command {args.command!r}")
 
 
+def cluster_checkpoint(path) -> bool:
+    """Whether ``path`` is a Cluster Contrast checkpoint (``paulkit cluster`` wrote it)."""
+    try:
+        state = utils.load_checkpoint(path)
+    except CheckpointError:
+        return False  # train.load_model names the problem
+    return isinstance(state, dict) and state.get("phase") == "cluster"
+
+
 def _evaluate(args: argparse.Namespace, cfg: config.Config, progress: bool) -> int:
     from paulkit import train
 
     keep = _eval_overrides(args)
     path = args.checkpoint or train.checkpoint_path(cfg, "adapt", out=args.out)
     rt = runtime.make_runtime(cfg, args.device)  # LOCAL_RANK's GPU under torchrun
-    model, state = train.load_model(path, rt.device)
+    if cluster_checkpoint(path):
+        from paulkit import cluster
+
+        model, state = cluster.load_model(path, rt.device)
+    else:
+        model, state = train.load_model(path, rt.device)
     ckcfg = config.override(config.config_from_dict(state["config"]), *keep)
     if args.data is not None:
         ckcfg = config.override(ckcfg, f"data.root={args.data}")
@@ -242,7 +280,7 @@ def _evaluate(args: argparse.Namespace, cfg: config.Config, progress: bool) -> i
         f"checkpoint {path}: preset {ckcfg.name}, seed {ckcfg.seed}, {state['phase']} epoch "
         f"{state['epoch']}; evaluated on {ckcfg.data.target}"
     )
-    if state["phase"] != "adapt":
+    if state["phase"] not in ("adapt", "cluster"):
         model = train.adaptation_model(model, ckcfg).to(next(model.parameters()).device)
     res = train.evaluate_model(model, train.target_dataset(ckcfg), ckcfg, rt, progress)
     key = "mAP" if args.ap == "step" else "mAP_trapezoid"

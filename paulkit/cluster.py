@@ -18,20 +18,35 @@ repeats, once per epoch:
 :func:`pseudo_label_quality` scores the pseudo-labels against hidden identities (NMI, ARI)
 for display only: nothing in training reads it.
 
+Training (:func:`train_cluster`, :func:`train_or_load`; ``python -m paulkit cluster``) runs
+that loop from the source-pretrained PatchNet PAUL adapts, with the authors' P x K sampler
+(:func:`pk_batches`), augmentation (:func:`train_transform`) and Adam, and checkpoints every
+epoch (phase ``"cluster"``, :func:`settings`). Defaults: ``paulkit.config.ClusterConfig``.
+
 scikit-learn (DBSCAN, the scores) is imported inside the functions that use it, so
 ``import paulkit`` does not pay for it.
 
-Taught in: notebooks/09_beyond_paul.ipynb (to come).
+Taught in: notebooks/09_beyond_paul.ipynb.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+
+from paulkit import config as C
+from paulkit import data as D
+from paulkit import evaluation, models, runtime, train, utils
 
 __all__ = [
     "jaccard_distance",
@@ -39,6 +54,16 @@ __all__ = [
     "ClusterMemory",
     "cluster_contrast_loss",
     "pseudo_label_quality",
+    "PHASE",
+    "train_transform",
+    "pk_batches",
+    "pseudo_labels",
+    "cluster_epoch",
+    "settings",
+    "check_checkpoint",
+    "train_cluster",
+    "load_model",
+    "train_or_load",
 ]
 
 # The default element budget of one block's temporaries in jaccard_distance: 2**22 elements,
@@ -176,7 +201,7 @@ def jaccard_distance(
         - features: (N, D), N >= k1
         - output: (N, N)
 
-    Taught in: notebooks/09_beyond_paul.ipynb (to come).
+    Taught in: notebooks/09_beyond_paul.ipynb.
     """
     _check_features(features)
     n = features.shape[0]
@@ -370,7 +395,7 @@ class ClusterMemory(nn.Module):
         - features: (N, D); labels: (N,)
         - update's features: (B, D); labels: (B,) in 0..K-1
 
-    Taught in: notebooks/09_beyond_paul.ipynb (to come).
+    Taught in: notebooks/09_beyond_paul.ipynb.
     """
 
     centroids: torch.Tensor
@@ -514,3 +539,490 @@ def pseudo_label_quality(labels: Any, true_ids: Any) -> dict[str, float | int]:
         "num_clusters": k,
         "outlier_share": float(out.mean()),
     }
+
+
+# --------------------------------------------------------------------------- training
+#
+# The loop, as the authors' ``examples/cluster_contrast_train_usl.py`` runs it, from the
+# source-pretrained PatchNet that PAUL adapts (paulkit.train's "pretrain" checkpoint), on the
+# same target training images, evaluated by the same evaluator. Per epoch:
+# features (eval mode) -> Jaccard distance -> DBSCAN -> ClusterMemory -> P x K batches of the
+# clustered images -> loss and momentum update. Checkpointed after every epoch.
+
+PHASE = "cluster"
+# seed_key streams of Cluster Contrast's own (paulkit.train uses 0, 1, 2 for PAUL's)
+_SAMPLER, _AUGMENT = 10, 11
+# what Cluster Contrast's checkpoint does not depend on: when it is evaluated, and its number
+# of epochs (more continue a checkpoint; fewer are refused)
+_NOT_HASHED = ("epochs", "eval_every")
+
+
+def train_transform(height: int, width: int, pad: int = 10, erasing: float = 0.5):
+    """The authors' training augmentation: resize, flip, pad and crop back, random erasing.
+
+    ``Resize``, ``RandomHorizontalFlip``, ``Pad(pad)`` (black), ``RandomCrop``, normalise
+    with the ImageNet statistics, ``RandomErasing(erasing)`` of 2-40 % of the area, aspect
+    0.3-3.3, filled with the ImageNet mean (theirs: 10 px at 256x128; the CPU presets pad
+    2 px at 64x32). Resizing is paulkit's bilinear (theirs: bicubic), as in its test
+    transform.
+
+    Shape:
+        output (3, height, width), float32.
+    """
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((height, width), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.Pad(pad),
+            v2.RandomCrop((height, width)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(D.transforms.IMAGENET_MEAN, D.transforms.IMAGENET_STD),
+            v2.RandomErasing(
+                p=erasing,
+                scale=(0.02, 0.4),
+                ratio=(0.3, 1 / 0.3),
+                value=list(D.transforms.IMAGENET_MEAN),
+            ),
+        ]
+    )
+
+
+def pk_batches(
+    labels: Any,
+    camids: Any,
+    num_instances: int,
+    batch_size: int,
+    iters: int,
+    seed: int,
+    epoch: int,
+) -> list[list[int]]:
+    """The epoch's batches of image indices: P pseudo-identities x K images, across cameras.
+
+    One *pass* is the authors' ``RandomMultipleGallerySampler``: the clusters in random
+    order; for each, one random image ``i``, then ``K - 1`` images of the same cluster from
+    *other cameras* than ``i``'s (without replacement when at least K are there, else with),
+    or, when the cluster has no other camera, from its other images (a cluster of one image
+    gives only ``i``). A pass is cut into batches of ``batch_size`` and its last partial
+    batch dropped, as their loader drops it. ``iters > 0`` chains passes until ``iters``
+    batches (their ``IterLoader``); ``iters = 0`` is one pass. A pass shorter than one batch
+    gives one batch of all its images.
+
+    Every draw comes from ``numpy.random.Generator`` seeded by ``(seed, epoch, pass)``
+    alone (:func:`paulkit.train.seed_key`). Outliers (label -1) are never drawn.
+
+    Args:
+        labels: (N,) pseudo-labels, -1 for outliers.
+        camids: (N,) camera of each image (not a label: the data set's file names say it).
+        num_instances: K.
+        batch_size: images per batch (P x K).
+        iters: batches in the epoch, 0 for one pass.
+        seed, epoch: the random stream.
+
+    Returns:
+        Lists of indices into the N images.
+    """
+
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    camids = np.asarray(camids.cpu() if isinstance(camids, torch.Tensor) else camids)
+    if labels.shape != camids.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and camids {camids.shape} must be (N,) alike")
+    k = _check_int(num_instances, "num_instances", 1)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    iters = _check_int(iters, "iters", 0)
+    keep = np.flatnonzero(labels >= 0)
+    if keep.size == 0:
+        return []
+    order = keep[np.argsort(labels[keep], kind="stable")]
+    ids, starts = np.unique(labels[order], return_index=True)
+    groups = np.split(order, starts[1:])  # each cluster's images, in file order
+
+    def one_pass(p: int) -> list[int]:
+        rng = np.random.default_rng(train.seed_key(seed, _SAMPLER, epoch, p))
+        out: list[int] = []
+        for g in rng.permutation(len(groups)):
+            members = groups[g]
+            i = members[rng.integers(len(members))]
+            out.append(int(i))
+            other = members[camids[members] != camids[i]]
+            if other.size == 0:
+                other = members[members != i]
+            if other.size == 0:
+                continue
+            pick = rng.choice(other, size=k - 1, replace=other.size < k)
+            out.extend(int(j) for j in pick)
+        return out
+
+    batches: list[list[int]] = []
+    p = 0
+    while True:
+        flat = one_pass(p)
+        full = [flat[a : a + batch_size] for a in range(0, len(flat) - batch_size + 1, batch_size)]
+        batches.extend(full or [flat])
+        p += 1
+        if iters == 0 or len(batches) >= iters:
+            break
+    return batches[:iters] if iters else batches
+
+
+class _Slots(torch.utils.data.Dataset):
+    """Item ``s`` of an epoch: the image ``order[s]`` (augmented) and its pseudo-label.
+
+    Reads only the images' files: the records' identities never reach training."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, order: list[int], transform):
+        self.paths, self.labels, self.order, self.transform = paths, labels, order, transform
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, s: int):
+        i = self.order[s]
+        return self.transform(D.load_image(self.paths[i])), int(self.labels[i])
+
+
+def _optimizer(model: nn.Module, c) -> torch.optim.Optimizer:
+    # Adam on what PAUL's adaptation trains (backbone and patch layers); the patch generator
+    # and the embedding stay frozen, as in PAUL's adaptation (the authors' ResNet has none).
+    groups = model.param_groups()
+    params = list(groups["backbone"]) + list(groups["new"])
+    return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+
+
+def cluster_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    memory: ClusterMemory,
+    rt,
+    c,
+    progress: bool = True,
+    desc: str = "cluster",
+) -> dict[str, float]:
+    """One epoch of Cluster Contrast: for each batch, the loss of its descriptors against
+    every centroid, a step, then the momentum update of the hit centroids."""
+
+    model.train()
+    total, n_batches, n_images, t0 = 0.0, 0, 0, time.perf_counter()
+    bar = train._progress(loader, progress, desc)
+    for x, y in bar:
+        x, y = rt.to_device(x), y.to(rt.device)
+        with rt.autocast():
+            out = model(x)
+        f = out.patch_feats.float().flatten(1)  # the retrieval descriptor, in train mode
+        loss = cluster_contrast_loss(f, y, memory.centroids, c.temperature)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {float(loss.detach())}; lower cluster.lr")
+        optimizer.zero_grad(set_to_none=True)
+        if rt.scaler is not None:
+            rt.scaler.scale(loss).backward()
+            rt.scaler.step(optimizer)
+            rt.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        memory.update(f.detach(), y)
+        total += float(loss.detach())
+        n_batches += 1
+        n_images += x.shape[0]
+        if progress:
+            bar.set_postfix(loss=f"{total / n_batches:.3f}")
+    return {
+        "loss": total / max(n_batches, 1),
+        "images_per_s": n_images / max(time.perf_counter() - t0, 1e-9),
+    }
+
+
+def pseudo_labels(
+    model: nn.Module, loader, cfg, rt, progress: bool = True
+) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """Features of the target training images (eval mode, L2-normalised), their Jaccard
+    distance and DBSCAN's pseudo-labels.
+
+    Returns:
+        ``(features, labels, info)``: (N, F) features on the CPU, (N,) labels (-1:
+        outlier), and ``info`` with ``camids`` (N,), ``hidden`` (the data set's identities:
+        for :func:`pseudo_label_quality` only) and ``seconds`` (distance + DBSCAN).
+    """
+
+    c = cfg.cluster
+    feats, hidden, camids, _ = evaluation.extract_features(model, loader, rt.device, progress)
+    feats = F.normalize(feats, dim=1)
+    t0 = time.perf_counter()
+    dist = jaccard_distance(feats.to(rt.device), c.k1, c.k2)
+    labels = cluster_labels(dist, c.eps, c.min_samples)
+    del dist
+    info = {"camids": camids.numpy(), "hidden": hidden, "seconds": time.perf_counter() - t0}
+    return feats, labels, info
+
+
+def settings(cfg) -> dict[str, Any]:
+    """What Cluster Contrast's model depends on, as flat ``key: value`` pairs (what its
+    checkpoint stores and compares): the whole pretraining (as
+    :func:`paulkit.train.phase_settings` names it, with its epochs), the target data set's
+    identity and the ``cluster`` section, not ``cluster.epochs`` nor ``cluster.eval_every``."""
+
+    keep = dict(train.phase_settings(cfg, "pretrain"))
+    keep["pretrain.epochs"] = cfg.pretrain.epochs
+    keep["data.target"] = train.data_identity(cfg, "target")
+    for k, v in dataclasses.asdict(cfg.cluster).items():
+        if k not in _NOT_HASHED:
+            keep[f"cluster.{k}"] = v
+    keep["phase"] = PHASE
+    return keep
+
+
+def check_checkpoint(state: Any, cfg, path) -> dict:
+    """Refuse (:class:`paulkit.train.CheckpointMismatch`, naming the keys) a checkpoint that
+    is not Cluster Contrast's for ``cfg``, or that holds more epochs than asked."""
+
+    path = Path(path)
+    if not isinstance(state, dict) or state.get("format") != train.CHECKPOINT_FORMAT:
+        raise utils.CheckpointError(
+            f"{path} is not a paulkit checkpoint; point at one written by paulkit.cluster, "
+            "or move it away (--restart does) to train again"
+        )
+    choices = (
+        f"use another --out to keep both, or --restart to move {path.name} aside to "
+        f"{path.name}.old-<time> and train again; nothing is deleted"
+    )
+    if state.get("phase") != PHASE:
+        raise train.CheckpointMismatch(
+            f"{path} holds a {state.get('phase')!r} checkpoint, not {PHASE!r}; " + choices
+        )
+    stored, want = state.get("settings", {}), settings(cfg)
+    diff = [k for k in sorted(set(stored) | set(want)) if stored.get(k) != want.get(k)]
+    if diff:
+        shown = "; ".join(
+            f"{k}: {stored.get(k)!r:.40} in the checkpoint, {want.get(k)!r:.40} now"
+            for k in diff[:4]
+        )
+        raise train.CheckpointMismatch(
+            f"{path} was trained with other settings: {shown}; " + choices
+        )
+    if state["epoch"] > cfg.cluster.epochs:
+        raise train.CheckpointMismatch(
+            f"{path} holds {state['epoch']} epochs, more than cluster.epochs="
+            f"{cfg.cluster.epochs}; set cluster.epochs={state['epoch']} to use it, or " + choices
+        )
+    return state
+
+
+def _save(path, cfg, epoch: int, model, optimizer, history) -> None:
+
+    state = {
+        "format": train.CHECKPOINT_FORMAT,
+        "phase": PHASE,
+        "config": C.config_to_dict(cfg),
+        "settings": settings(cfg),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+    }
+    utils.atomic_save(state, path)
+
+
+def _check_data(n: int, c) -> None:
+    if n < c.k1:
+        raise ValueError(
+            f"{n} target training images are fewer than cluster.k1={c.k1} neighbours; lower "
+            "cluster.k1 (and cluster.k2) or use more images (data.limit_train)"
+        )
+
+
+def train_cluster(
+    cfg,
+    pretrained: nn.Module | dict,
+    device: str | torch.device | None = None,
+    checkpoint=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    evaluate_every: int | None = None,
+    restart: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Cluster Contrast on the target's training images, without their labels.
+
+    Starts from ``pretrained`` (the source model PAUL adapts), evaluates it first (epoch 0,
+    direct transfer) and then every ``cfg.cluster.eval_every`` epochs and after the last
+    one, with :func:`paulkit.train.evaluate_model`. The loop is the authors' (see the
+    section comment): features, :func:`jaccard_distance`, :func:`cluster_labels`,
+    :class:`ClusterMemory`, :func:`pk_batches`, :func:`cluster_contrast_loss`; Adam with the
+    learning rate divided by 10 every ``cluster.lr_step`` epochs.
+
+    Every random draw is keyed by ``(cfg.seed, epoch, ...)`` (the sampler's passes, each
+    batch slot's augmentation), so a run is a function of its config and seed, whatever the
+    number of workers, and a resumed run equals an uninterrupted one (the memory is rebuilt
+    from the features each epoch; the checkpoint holds the model and Adam's state).
+
+    ``checkpoint`` is written atomically after every epoch; an existing one with the same
+    :func:`settings` is resumed, another refused; ``restart`` moves it aside first.
+
+    One process trains (no DistributedDataParallel): under torchrun (``paulkit reproduce``
+    launched on several GPUs) every rank trains the same model on its own device and only
+    rank 0 writes the checkpoint. ``device``: a device name or the caller's
+    :class:`paulkit.runtime.Runtime`.
+
+    Returns:
+        ``(model, history)``; history has per-epoch lists ``epoch``, ``loss``, ``lr``,
+        ``num_clusters``, ``outlier_share``, ``nmi``, ``ari`` (against the hidden identities:
+        display only, nothing in training reads them), ``cluster_seconds``,
+        ``images_per_s``, and ``eval``: a list of ``{"epoch": e, **metrics}``.
+    """
+
+    C.validate(cfg)
+    rank0 = runtime.env_rank() == 0
+    lock = (
+        utils.run_lock(Path(checkpoint).parent, rank0) if checkpoint else contextlib.nullcontext()
+    )
+    with lock:
+        return _train_cluster(
+            cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart
+        )
+
+
+def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, every, restart):
+
+    c = cfg.cluster
+    utils.set_seed(cfg.seed, cfg.deterministic)
+    rt = runtime.make_runtime(cfg, device)  # ``device`` may be the caller's Runtime
+    target = train.target_dataset(cfg)
+    records = train.target_train(cfg, target)
+    _check_data(len(records), c)
+    paths = [r.path for r in records]
+    clean = train.clean_target_loader(cfg, rt, target)
+    tf = train_transform(cfg.data.height, cfg.data.width, c.pad, c.erasing)
+    model = train.adaptation_model(pretrained, cfg).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, c)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for p in model.parameters():  # frozen: no gradient is computed for them at all
+        if id(p) not in trained:
+            p.requires_grad_(False)
+    every = c.eval_every if every is None else every
+    keys = ("epoch", "loss", "lr", "num_clusters", "outlier_share", "nmi", "ari")
+    history: dict[str, Any] = {k: [] for k in keys}
+    history.update({"cluster_seconds": [], "images_per_s": [], "eval": []})
+    start = 0
+    if checkpoint is not None and (Path(checkpoint).exists() or Path(checkpoint).is_symlink()):
+        if restart:
+            if runtime.env_rank() == 0:  # the other ranks start afresh without touching it
+                moved = utils.move_aside(checkpoint)
+                print(f"--restart: moved {checkpoint} aside to {moved.name}")
+        else:
+            state = check_checkpoint(utils.load_checkpoint(checkpoint), cfg, checkpoint)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, start = state["history"], state["epoch"]
+    if start == 0 and every:
+        history["eval"].append(
+            {"epoch": 0, **train.evaluate_model(model, target, cfg, rt, progress)}
+        )
+    for epoch in range(start, c.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            break
+        feats, labels, info = pseudo_labels(model, clean, cfg, rt, progress)
+        quality = pseudo_label_quality(labels, info["hidden"])  # display only
+        lr = c.lr * 0.1 ** (epoch // c.lr_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats = {"loss": float("nan"), "images_per_s": 0.0}
+        if quality["num_clusters"] == 0:
+            logging.getLogger("paulkit").warning(
+                "cluster epoch %d: DBSCAN found no cluster (eps %s, min_samples %d): nothing "
+                "to train on this epoch; a larger cluster.eps groups more",
+                epoch + 1,
+                c.eps,
+                c.min_samples,
+            )
+        else:
+            memory = ClusterMemory(feats.to(rt.device), labels, c.momentum)
+            batches = pk_batches(
+                labels, info["camids"], c.num_instances, c.batch_size, c.iters, cfg.seed, epoch
+            )
+            flat = [i for b in batches for i in b]
+            slots, pos = [], 0
+            for b in batches:  # item s of the loader is the epoch's s-th drawn image
+                slots.append(list(range(pos, pos + len(b))))
+                pos += len(b)
+            samples = train.SeededSamples(
+                _Slots(paths, labels, flat, tf), train.seed_key(cfg.seed, _AUGMENT), epoch
+            )
+            loader = DataLoader(
+                samples,
+                batch_sampler=slots,
+                num_workers=cfg.data.num_workers,
+                pin_memory=rt.pin_memory,
+                generator=torch.Generator().manual_seed(0),  # never the global generator
+            )
+            stats = cluster_epoch(
+                model, loader, optimizer, memory, rt, c, progress, f"cluster {epoch + 1}/{c.epochs}"
+            )
+        history["epoch"].append(epoch + 1)
+        history["lr"].append(lr)
+        history["loss"].append(stats["loss"])
+        history["images_per_s"].append(stats["images_per_s"])
+        history["cluster_seconds"].append(info["seconds"])
+        for k in ("num_clusters", "outlier_share", "nmi", "ari"):
+            history[k].append(quality[k])
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == c.epochs):
+            history["eval"].append(
+                {"epoch": epoch + 1, **train.evaluate_model(model, target, cfg, rt, progress)}
+            )
+        if checkpoint is not None and runtime.env_rank() == 0:
+            _save(checkpoint, cfg, epoch + 1, model, optimizer, history)
+    return model, history
+
+
+def load_model(path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a Cluster Contrast checkpoint; returns ``(model, checkpoint)``."""
+
+    state = utils.load_checkpoint(path)
+    if not isinstance(state, dict) or state.get("phase") != PHASE:
+        raise utils.CheckpointError(f"{Path(path)} is not a Cluster Contrast checkpoint")
+    cfg = C.config_from_dict(state["config"])
+    model = train.build_model(cfg, None, pretrain=False, backbone_weights=False)
+    models.load_pretrained(model, state["model"])
+    return model.to(device), state
+
+
+def train_or_load(
+    cfg,
+    tag: str = "",
+    device: str | torch.device | None = None,
+    out=None,
+    progress: bool = True,
+    pretrained: nn.Module | None = None,
+    restart: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a finished Cluster Contrast checkpoint whose settings match; else train it
+    (resuming a partial one), from the same pretraining checkpoint PAUL adapts
+    (:func:`paulkit.train.train_or_load` with ``"pretrain"``; ``pretrained`` skips it).
+    The file is :func:`paulkit.train.checkpoint_path` of phase ``"cluster"``."""
+
+    C.validate(cfg)
+    path = train.checkpoint_path(cfg, PHASE, tag, out)
+    rt = runtime.make_runtime(cfg, device)  # once; passed down
+    with utils.run_lock(path.parent, enabled=runtime.env_rank() == 0):
+        if path.exists() and not restart:
+            state = check_checkpoint(utils.load_checkpoint(path), cfg, path)
+            if state["epoch"] >= cfg.cluster.epochs:
+                model, _ = load_model(path, rt.device)
+                print(f"loaded {PHASE} checkpoint {path} (epoch {state['epoch']})")
+                return model, state["history"]
+            print(f"resuming {PHASE} from {path} at epoch {state['epoch']} of {cfg.cluster.epochs}")
+        if pretrained is None:
+            try:
+                pretrained, _ = train.train_or_load(
+                    cfg, "pretrain", device=rt, out=out, progress=progress
+                )
+            except train.CheckpointMismatch:
+                if not restart:
+                    raise
+                pretrained, _ = train.train_or_load(
+                    cfg, "pretrain", device=rt, out=out, progress=progress, restart=True
+                )
+        return train_cluster(cfg, pretrained, rt, path, progress=progress, restart=restart)

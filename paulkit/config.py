@@ -24,6 +24,7 @@ __all__ = [
     "ModelConfig",
     "PretrainConfig",
     "AdaptConfig",
+    "ClusterConfig",
     "Config",
     "PRESETS",
     "get_preset",
@@ -127,6 +128,34 @@ class AdaptConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster Contrast (:mod:`paulkit.cluster`), started from the same pretrained model.
+
+    Defaults are the authors' code (alibaba/cluster-contrast-reid,
+    ``examples/cluster_contrast_train_usl.py`` and the README's Market-1501 command:
+    ``-b 256 --num-instances 16 --iters 200 --eps 0.6``; momentum 0.2 is the script's
+    default, the README's Market command passes 0.1).
+    """
+
+    epochs: int = 50
+    iters: int = 200  # batches per epoch; 0: one pass of the P x K sampler
+    batch_size: int = 256  # images per batch: P pseudo-identities x num_instances
+    num_instances: int = 16  # K: images of one pseudo-identity in a batch
+    lr: float = 3.5e-4  # Adam
+    weight_decay: float = 5e-4
+    lr_step: int = 20  # x0.1 every lr_step epochs (StepLR)
+    k1: int = 30  # Jaccard distance: k-reciprocal neighbours
+    k2: int = 6  # Jaccard distance: local query expansion
+    eps: float = 0.6  # DBSCAN radius
+    min_samples: int = 4  # DBSCAN core point size
+    temperature: float = 0.05
+    momentum: float = 0.2  # weight of the old centroid in the memory update
+    pad: int = 10  # training augmentation: pad by this many pixels, then crop back
+    erasing: float = 0.5  # random erasing probability
+    eval_every: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: data, model, both training phases and the runtime switches."""
 
@@ -135,6 +164,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     seed: int = 0
     deterministic: bool = False
     amp: bool = True  # mixed precision on CUDA only
@@ -155,6 +185,13 @@ def _paper(name: str, target: str, batch: int, scale: float) -> Config:
     )
 
 
+# Cluster Contrast on the CPU presets. Deviations from the authors' code, named: 4 epochs of
+# 40 batches of 32 images (8 pseudo-identities x 4; theirs: 50 x 200 of 256 = 16 x 16),
+# the lr step after epoch 3 (theirs: 20), padding 2 px at 64x32 (theirs: 10 px at 256x128).
+CPU_CLUSTER = ClusterConfig(
+    epochs=4, iters=40, batch_size=32, num_instances=4, lr_step=3, pad=2, eval_every=2
+)
+
 PRESETS: dict[str, Config] = {
     # CPU presets for the embedded synthetic data (docs/benchmarks.md has the CPU figures).
     # Deviations from docs/paper.md: a small network at 64x32, adaptation lr 1e-3 for 4 epochs
@@ -167,6 +204,7 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(arch="small", small_width=32),
         pretrain=PretrainConfig(epochs=8, batch_size=32, lr_step=6, stn_start=4, stn_stop=6),
         adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
+        cluster=CPU_CLUSTER,
     ),
     "synth_small": Config(
         name="synth_small",
@@ -174,6 +212,7 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(arch="small", small_width=32),
         pretrain=PretrainConfig(epochs=10, batch_size=32, lr_step=8, stn_start=5, stn_stop=8),
         adapt=AdaptConfig(epochs=4, batch_size=32, lr=1e-3, lr_step=3, eval_every=2),
+        cluster=CPU_CLUSTER,
     ),
     # A larger synthetic run for a GPU: ResNet-50 at 256x128 from random weights (nothing is
     # downloaded; --set model.weights=PATH loads a local torchvision state dict).
@@ -277,15 +316,10 @@ def override(cfg: Config, *assignments: str) -> Config:
             key = RENAMED[key]
         parts = key.split(".")
         if len(parts) == 1:
-            if parts[0] not in {f.name for f in dataclasses.fields(cfg)} or parts[0] in (
-                "data",
-                "model",
-                "pretrain",
-                "adapt",
-            ):
+            if parts[0] not in {f.name for f in dataclasses.fields(cfg)} or parts[0] in SECTIONS:
                 raise ValueError(f"--set: unknown key {key!r}")
             cfg = replace(cfg, **{parts[0]: _coerce(value, getattr(cfg, parts[0]), key)})
-        elif len(parts) == 2 and parts[0] in ("data", "model", "pretrain", "adapt"):
+        elif len(parts) == 2 and parts[0] in SECTIONS:
             section = getattr(cfg, parts[0])
             names = {f.name for f in dataclasses.fields(section)}
             if parts[1] not in names:
@@ -298,6 +332,8 @@ def override(cfg: Config, *assignments: str) -> Config:
             raise ValueError(f"--set: unknown key {key!r}")
     return cfg
 
+
+SECTIONS = ("data", "model", "pretrain", "adapt", "cluster")  # the nested config sections
 
 MEMORY_INITS = ("train", "eval")  # the memory initialisation pass: official, or eval mode
 
@@ -355,9 +391,42 @@ def validate(cfg: Config) -> Config:
     if not 0 <= a.memory_momentum <= 1:
         raise ValueError(f"adapt.memory_momentum={a.memory_momentum}: must be within 0..1")
     check_memory_init(a.memory_init)
+    _validate_cluster(cfg.cluster)
     if a.pedal_weight == 0 and a.ipfl_weight == 0:
         raise ValueError("adapt.pedal_weight and adapt.ipfl_weight are both 0: nothing to train")
     return cfg
+
+
+def _validate_cluster(c: ClusterConfig) -> None:
+    for key, value, low in (
+        ("cluster.epochs", c.epochs, 1),
+        ("cluster.iters", c.iters, 0),
+        ("cluster.num_instances", c.num_instances, 1),
+        ("cluster.lr_step", c.lr_step, 1),
+        ("cluster.k1", c.k1, 1),
+        ("cluster.k2", c.k2, 1),
+        ("cluster.min_samples", c.min_samples, 1),
+        ("cluster.pad", c.pad, 0),
+        ("cluster.eval_every", c.eval_every, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{key}={value}: must be at least {low}")
+    if c.batch_size < c.num_instances or c.batch_size % c.num_instances:
+        raise ValueError(
+            f"cluster.batch_size={c.batch_size}: must be a multiple of cluster.num_instances="
+            f"{c.num_instances} (P pseudo-identities x K images)"
+        )
+    if c.k2 > c.k1:
+        raise ValueError(f"cluster.k2={c.k2}: must be at most cluster.k1={c.k1}")
+    for key, value in (("cluster.lr", c.lr), ("cluster.weight_decay", c.weight_decay)):
+        if not value >= 0:
+            raise ValueError(f"{key}={value}: must be a number >= 0")
+    for key, value in (("cluster.eps", c.eps), ("cluster.temperature", c.temperature)):
+        if not value > 0:
+            raise ValueError(f"{key}={value}: must be a number > 0")
+    for key, value in (("cluster.momentum", c.momentum), ("cluster.erasing", c.erasing)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{key}={value}: must be within 0..1")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -383,15 +452,21 @@ def config_from_dict(d: dict[str, Any]) -> Config:
         model=ModelConfig(**sections["model"]),
         pretrain=PretrainConfig(**sections["pretrain"]),
         adapt=AdaptConfig(**sections["adapt"]),
-        **{k: v for k, v in d.items() if k not in ("name", *sections, *DELETED)},
+        # checkpoints written before the cluster section existed have none: the defaults
+        cluster=ClusterConfig(**d.get("cluster", {})),
+        **{k: v for k, v in d.items() if k not in ("name", "cluster", *sections, *DELETED)},
     )
 
 
 def hashed_dict(cfg: Config) -> dict[str, Any]:
     """What :func:`config_hash` hashes: :func:`config_to_dict` with the keys of
     :data:`RENAMED` under their old names and those of :data:`DELETED` with their value, so
-    that a rename or a deletion changes no published hash (docs/results.json)."""
+    that a rename or a deletion changes no published hash (docs/results.json). The
+    ``cluster`` section is left out: it changes no PAUL phase, and Cluster Contrast's
+    checkpoints compare their own settings (:func:`paulkit.cluster.settings`), so adding it
+    changed no published hash either."""
     d = config_to_dict(cfg)
+    d.pop("cluster")
     for old, new in RENAMED.items():
         (section, old_key), new_key = old.split("."), new.split(".")[1]
         d[section] = {old_key if k == new_key else k: v for k, v in d[section].items()}

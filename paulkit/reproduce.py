@@ -13,6 +13,9 @@ then evaluates on that draw's query/gallery:
 - ``paul_eval_init``: PAUL with the memory initialisation pass in eval mode (a deviation
   from the official train-mode pass, ``adapt.memory_init="eval"``);
 - ``paul_adabn``: PAUL's model with AdaBN applied after adaptation (not in the paper);
+- ``cluster_contrast``: Cluster Contrast (Dai et al., ACCV 2022; :mod:`paulkit.cluster`),
+  where unsupervised re-id went after PAUL, from the same pretrained model and evaluated the
+  same way (no target label);
 - ``oracle``: the same network trained with the pretraining recipe on the target's *training
   labels* - the only row that sees target labels, as a reference for what is learnable.
 
@@ -33,7 +36,7 @@ from typing import Any
 
 import torch
 
-from paulkit import baselines, runtime, train, utils
+from paulkit import baselines, cluster, runtime, train, utils
 from paulkit import config as C
 
 __all__ = [
@@ -61,6 +64,7 @@ ROWS = [
     "paul",
     "paul_eval_init",
     "paul_adabn",
+    "cluster_contrast",
     "oracle",
 ]
 TUNING_DRAW = 0  # the synthetic data seed that tuning tools read (bench/tune_*.py)
@@ -75,6 +79,7 @@ LABELS = {
     "paul": "PAUL (PEDAL + IPFL)",
     "paul_eval_init": "PAUL, memory init in eval mode",
     "paul_adabn": "PAUL + AdaBN (not in the paper)",
+    "cluster_contrast": "Cluster Contrast (Dai et al. 2022)",
     "oracle": "Oracle: supervised on target labels*",
 }
 
@@ -149,6 +154,17 @@ def evaluate_rows(
             loader = train.clean_target_loader(cfg, rt, target)
             m = train.adapt_batchnorm(m, loader, rt.device, progress)
             result["paul_adabn"] = train.evaluate_model(m, target, cfg, rt, progress)
+    if "cluster_contrast" in rows:
+        ccfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, eval_every=0))
+        m, _ = cluster.train_or_load(
+            ccfg,
+            tag=f"cluster_contrast-{tag}" if tag else "cluster_contrast",
+            device=rt,
+            out=out,
+            progress=progress,
+            pretrained=copy.deepcopy(pre),
+        )
+        result["cluster_contrast"] = train.evaluate_model(m, target, cfg, rt, progress)
     if "histogram" in rows:
         result["histogram"] = histogram_row(cfg, target)
     if "oracle" in rows:
@@ -356,7 +372,14 @@ def results_markdown(results: dict[str, Any]) -> str:
         adabn = e["adabn"]["mAP"]
         ablations = [
             f"{LABELS[r].split(', ')[-1]} {100 * (e[r]['mAP'] - adabn):+.1f}"
-            for r in ("pedal_only", "ipfl_only", "paul", "paul_eval_init", "paul_adabn")
+            for r in (
+                "pedal_only",
+                "ipfl_only",
+                "paul",
+                "paul_eval_init",
+                "paul_adabn",
+                "cluster_contrast",
+            )
             if e.get(r)
         ]
         lines += [

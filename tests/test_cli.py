@@ -14,7 +14,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_lists_every_subcommand():
     out = run("--help").stdout
-    for name in ("synth", "pretrain", "adapt", "evaluate", "reproduce"):
+    for name in ("synth", "pretrain", "adapt", "cluster", "evaluate", "reproduce"):
         assert name in out
     assert "--set" in run("adapt", "--help").stdout
 

@@ -92,12 +92,18 @@ def test_the_old_name_of_a_renamed_key_is_read_with_a_deprecation_warning():
 
 
 def test_a_config_stored_by_an_older_paulkit_is_read():
-    """A checkpoint's config from before the renames: data.synth_preset, and compile."""
-    old = config.config_to_dict(config.get_preset("tutorial"))
+    """A checkpoint's config from before the renames: data.synth_preset, and compile; and
+    from before the cluster section (read with its defaults, hashed as before)."""
+    tutorial = config.get_preset("tutorial")
+    old = config.config_to_dict(tutorial)
     old["data"]["synth_preset"] = old["data"].pop("synth_size")
     old["compile"] = False
-    assert config.config_from_dict(old) == config.get_preset("tutorial")
-    assert config.config_hash(old) == config.config_hash(config.get_preset("tutorial"))
+    assert config.config_from_dict(old) == tutorial
+    del old["cluster"]
+    assert config.config_from_dict(old) == dataclasses.replace(
+        tutorial, cluster=config.ClusterConfig()
+    )
+    assert config.config_hash(old) == config.config_hash(tutorial)
 
 
 def test_roots_follow_environment(monkeypatch, tmp_path):

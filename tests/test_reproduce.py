@@ -32,6 +32,7 @@ def fake_rows(cfg, rows=None, device=None, out=None, progress=False):
     k = {(1, 0): 0, (1, 1): 1, (2, 0): 2, (2, 1): 1}[(cfg.data.synth_seed, cfg.seed)]
     maps = FAKE_MAP[k] | {"paul": PAUL[k], "oracle": 0.65}
     maps |= {"paul_eval_init": PAUL[k] - 0.01, "paul_adabn": PAUL[k] + 0.01}
+    maps |= {"cluster_contrast": PAUL[k] + 0.05}
     res = {row: metrics(m) for row, m in maps.items()}
     if "histogram" in (rows or []):
         res["histogram"] = metrics(0.02 * cfg.data.synth_seed) | {"descriptor": "stripes"}
@@ -99,22 +100,31 @@ def test_attribution_verdict_says_so_when_adabn_wins():
     assert "better in 1 of 2 runs" in text
 
 
-def test_evaluate_rows_direct_transfer_and_adabn_for_real(tmp_path):
+def test_evaluate_rows_direct_transfer_adabn_and_cluster_contrast_for_real(tmp_path):
     """A real (tiny) pretraining; AdaBN changes only BatchNorm statistics, so it moves the
-    metrics but never reads a label, and both rows carry every metric."""
+    metrics but never reads a label; Cluster Contrast trains from the same pretraining; every
+    row carries every metric."""
     cfg = C.override(
         C.get_preset("tutorial"),
         "data.limit_train=96",
         "model.small_width=8",
         "pretrain.epochs=1",
         "pretrain.batch_size=16",
+        "cluster.epochs=1",
+        "cluster.iters=2",
+        "cluster.batch_size=16",
+        "cluster.k1=10",
+        "cluster.k2=3",
     )
-    rows = reproduce.evaluate_rows(cfg, ["direct_transfer", "adabn"], "cpu", tmp_path)
-    assert set(rows) == {"direct_transfer", "adabn"}
+    names = ["direct_transfer", "adabn", "cluster_contrast"]
+    rows = reproduce.evaluate_rows(cfg, names, "cpu", tmp_path)
+    assert set(rows) == set(names)
     for r in rows.values():
         assert set(reproduce.METRICS) <= set(r) and all(0 <= r[m] <= 1 for m in reproduce.METRICS)
     assert rows["adabn"] != rows["direct_transfer"]
-    assert (tmp_path / "tutorial" / "seed0" / "pretrain.pt").exists()
+    assert rows["cluster_contrast"] != rows["direct_transfer"]
+    run = tmp_path / "tutorial" / "seed0"
+    assert (run / "pretrain.pt").exists() and (run / "cluster-cluster_contrast.pt").exists()
 
 
 def test_reproduce_run_twice_gives_the_same_numbers(tmp_path):
