@@ -10,9 +10,11 @@ missing data end with one clear line and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from paulkit import config, paths, runtime, utils
 from paulkit.utils import CheckpointError, RunLockError
@@ -93,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out synthetic data draws (data seed 0 is the tuning draw)",
     )
     p.add_argument("--docs", default="docs", help="folder for results.md/results.json")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="only measure these rows on the runs of the existing docs/results.json entry "
+        "(those with a seed in --seeds and a data seed in --data-seeds) and merge them in",
+    )
     for name in ("pretrain", "adapt", "cluster", "evaluate", "reproduce"):
         sub.choices[name].add_argument(
             "--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)"
@@ -236,6 +245,30 @@ def _run(args: argparse.Namespace) -> int:
         from paulkit import reproduce
 
         cmd = "python -m paulkit " + " ".join(args.argv)
+        if args.rows:
+            path = Path(args.docs) / "results.json"
+            if not path.exists():
+                raise CliError(
+                    f"--rows adds rows to {path}, which does not exist: run the table first"
+                )
+            entry = json.loads(path.read_text()).get(cfg.name)
+            if entry is None:
+                raise CliError(f"{path} has no {cfg.name} entry: run the table first")
+            entry = reproduce.add_rows(
+                entry,
+                cfg,
+                args.rows,
+                args.seeds,
+                args.data_seeds,
+                device=rt,
+                out=args.out,
+                progress=progress,
+                command=cmd,
+            )
+            if runtime.env_rank() == 0:
+                reproduce.write_results(entry, cfg.name, args.docs)
+            print(f"wrote {args.docs}/results.md and {args.docs}/results.json")
+            return 0
         entry = reproduce.reproduce(
             cfg,
             args.seeds,

@@ -254,6 +254,73 @@ def reproduce(
     return entry
 
 
+def add_rows(
+    entry: dict[str, Any],
+    preset: str | C.Config,
+    rows: list[str],
+    seeds: list[int] | None = None,
+    data_seeds: list[int] | None = None,
+    device=None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    command: str = "",
+) -> dict[str, Any]:
+    """Measure ``rows`` on the runs of an existing ``docs/results.json`` entry (or those of
+    them with a model seed in ``seeds`` and a data seed in ``data_seeds``) and merge them in:
+    a new method gets a row without re-running the table. The other rows are left as they
+    are; the added row's mean, per-draw means and spread are over the runs it was measured
+    on, and ``entry["added_rows"]`` records its command, runs and time.
+
+    Raises:
+        ValueError: an unknown row, or an entry made with other settings (config hash).
+    """
+    cfg = C.get_preset(preset) if isinstance(preset, str) else preset
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"--rows {unknown}: unknown row(s); choose from {', '.join(ROWS)}")
+    if entry.get("config_hash") != C.config_hash(cfg):
+        raise ValueError(
+            f"docs/results.json's {cfg.name} entry was made with config {entry.get('config_hash')}, "
+            f"this preset is {C.config_hash(cfg)}: re-run the whole table (paulkit reproduce) "
+            "instead of adding rows to it"
+        )
+    t0 = time.perf_counter()
+    rt = runtime.make_runtime(cfg, device)
+    runs = entry["per_seed"]
+    keys = []
+    for key in runs:
+        ds, seed = (int(part[4:]) for part in key.split("-"))  # "data1-seed0"
+        if (seeds is None or seed in seeds) and (data_seeds is None or ds in data_seeds):
+            keys.append(key)
+            rcfg = C.override(cfg, f"data.synth_seed={ds}", f"seed={seed}")
+            runs[key].update(evaluate_rows(rcfg, rows, device=rt, out=out, progress=progress))
+            print(
+                f"data seed {ds}, seed {seed}: "
+                + ", ".join(f"{r} {100 * runs[key][r]['mAP']:.1f}" for r in rows),
+                flush=True,
+            )
+    if not keys:
+        raise ValueError("no run of the entry matches --seeds/--data-seeds")
+    seconds = round(time.perf_counter() - t0, 1)
+    for row in rows:
+        entry[row] = _mean_std(runs, row)
+        for ds, vals in entry["per_data_seed"].items():
+            got = [
+                runs[k][row]["mAP"] for k in runs if k.startswith(f"data{ds}-") and row in runs[k]
+            ]
+            if got:
+                vals[row] = statistics.fmean(got)
+        means = [v[row] for v in entry["per_data_seed"].values() if row in v]
+        entry["data_spread"][row] = statistics.stdev(means) if len(means) > 1 else 0.0
+        entry.setdefault("added_rows", {})[row] = {
+            "command": command or f"python -m paulkit reproduce --preset {cfg.name} --rows {row}",
+            "runs": keys,
+            "seconds": seconds,
+            "machine": _machine(rt.device),
+        }
+    return entry
+
+
 def render_results(docs: str | Path = "docs") -> Path:
     """Regenerate ``docs/results.md`` from ``docs/results.json`` (no training)."""
     docs = Path(docs)
@@ -382,12 +449,19 @@ def results_markdown(results: dict[str, Any]) -> str:
             )
             if e.get(r)
         ]
+        added = [
+            f"{LABELS[r]} was added later on {len(a['runs'])} of the {len(e['per_seed'])} runs "
+            f"with `{a['command']}` ({a['seconds'] / 60:.1f} min, {a['machine']}); its mean "
+            "and spread are over those runs."
+            for r, a in e.get("added_rows", {}).items()
+        ]
         lines += [
             "",
             "**" + attribution_verdict(e) + "**",
             "",
             "Each row against AdaBN (mAP, means): " + "; ".join(ablations) + ".",
             "",
+            *[line for a in added for line in (a, "")],
             "\\* The oracle row is the only one trained with target labels (the target's "
             "training split); every other row sees no target label. The histogram row is the "
             f"`{e['histogram'].get('descriptor', '?')}` descriptor, the best by mAP of "
@@ -396,7 +470,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             "",
         ]
         if "per_data_seed" in e:
-            rows = [r for r in ROWS if r in e["per_data_seed"][str(draws[0])]]
+            rows = [r for r in ROWS if any(r in v for v in e["per_data_seed"].values())]
             lines += [
                 "Per data draw (mAP, mean over model seeds), and the spread between draws "
                 "(standard deviation of the draw means):",
@@ -405,7 +479,8 @@ def results_markdown(results: dict[str, Any]) -> str:
                 "|---|" + "---|" * len(rows),
             ]
             for d, vals in e["per_data_seed"].items():
-                lines.append(f"| {d} | " + " | ".join(f"{100 * vals[r]:.1f}" for r in rows) + " |")
+                cells = (f"{100 * vals[r]:.1f}" if r in vals else "—" for r in rows)
+                lines.append(f"| {d} | " + " | ".join(cells) + " |")
             spread = e["data_spread"]
             lines.append("| spread | " + " | ".join(f"{100 * spread[r]:.1f}" for r in rows) + " |")
             lines.append("")

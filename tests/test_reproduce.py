@@ -90,6 +90,37 @@ def test_write_results_merges_presets_and_states_the_attribution(entry, tmp_path
     assert (tmp_path / "results.md").read_text() == md
 
 
+def test_add_rows_measures_a_row_on_some_runs_and_merges_it(entry, monkeypatch, tmp_path):
+    """A new method's row on an existing table: measured on the chosen runs only, the other
+    rows untouched, its mean/spread over those runs, and results.md says so."""
+    old = {row: dict(entry[row]) for row in ("paul", "adabn")}
+    for run in entry["per_seed"].values():
+        run.pop("cluster_contrast")
+    del entry["cluster_contrast"]
+    asked = []
+
+    def rows_only(cfg, rows=None, **kw):
+        asked.append((cfg.data.synth_seed, cfg.seed, tuple(rows)))
+        return {r: v for r, v in fake_rows(cfg, rows).items() if r in rows}
+
+    monkeypatch.setattr(reproduce, "evaluate_rows", rows_only)
+    out = reproduce.add_rows(entry, "tutorial", ["cluster_contrast"], seeds=[0], command="cmd2")
+    assert asked == [(1, 0, ("cluster_contrast",)), (2, 0, ("cluster_contrast",))]
+    assert {row: out[row] for row in old} == old
+    vals = [PAUL[0] + 0.05, PAUL[2] + 0.05]
+    assert out["cluster_contrast"]["mAP"] == pytest.approx(statistics.fmean(vals))
+    assert "cluster_contrast" not in out["per_seed"]["data1-seed1"]
+    assert out["per_data_seed"]["2"]["cluster_contrast"] == pytest.approx(vals[1])
+    assert out["added_rows"]["cluster_contrast"]["runs"] == ["data1-seed0", "data2-seed0"]
+    reproduce.write_results(out, "tutorial", tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "was added later on 2 of the 4 runs with `cmd2`" in md
+    with pytest.raises(ValueError, match="unknown row"):
+        reproduce.add_rows(entry, "tutorial", ["magic"])
+    with pytest.raises(ValueError, match="other settings|re-run the whole table"):
+        reproduce.add_rows(entry, C.override(C.get_preset("tutorial"), "seed=5"), ["paul"])
+
+
 def test_attribution_verdict_says_so_when_adabn_wins():
     runs = {
         "a": {"paul": {"mAP": 0.33}, "adabn": {"mAP": 0.30}, "direct_transfer": {"mAP": 0.1}},
