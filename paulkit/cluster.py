@@ -840,7 +840,6 @@ def train_cluster(
     checkpoint=None,
     progress: bool = True,
     stop_after: int | None = None,
-    evaluate_every: int | None = None,
     restart: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Cluster Contrast on the target's training images, without their labels.
@@ -878,12 +877,10 @@ def train_cluster(
         utils.run_lock(Path(checkpoint).parent, rank0) if checkpoint else contextlib.nullcontext()
     )
     with lock:
-        return _train_cluster(
-            cfg, pretrained, device, checkpoint, progress, stop_after, evaluate_every, restart
-        )
+        return _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, restart)
 
 
-def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, every, restart):
+def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, restart):
 
     c = cfg.cluster
     utils.set_seed(cfg.seed, cfg.deterministic)
@@ -902,7 +899,7 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, ev
     for p in model.parameters():  # frozen: no gradient is computed for them at all
         if id(p) not in trained:
             p.requires_grad_(False)
-    every = c.eval_every if every is None else every
+    every = c.eval_every
     keys = ("epoch", "loss", "lr", "num_clusters", "outlier_share", "nmi", "ari")
     history: dict[str, Any] = {k: [] for k in keys}
     history.update({"cluster_seconds": [], "images_per_s": [], "eval": []})
