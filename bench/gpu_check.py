@@ -271,6 +271,23 @@ class _Block(importlib.abc.MetaPathFinder):
         return None
 
 
+class _PlaceholderMeta(type):
+    """Attributes of a placeholder are placeholders too, so module-level set-up code such as
+    ``matplotlib.rcParams.update(...)`` runs through a stub without effect."""
+
+    def __getattr__(cls, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _placeholder(attr, cls.__module__)
+
+
+def _placeholder(attr: str, module: str) -> type:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    return _PlaceholderMeta(attr, (), {"__module__": module, "__init__": __init__})
+
+
 def _stub(name: str) -> types.ModuleType:
     """An empty module whose every attribute is a placeholder class (enough for
     ``from x import y`` at import time; using it fails, which the parts would record)."""
@@ -284,7 +301,7 @@ def _stub(name: str) -> types.ModuleType:
     def __getattr__(attr):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return type(attr, (), {"__module__": name})
+        return _placeholder(attr, name)
 
     mod.__getattr__ = __getattr__
     return mod
