@@ -45,7 +45,6 @@ def test_nbgrader_marks_are_consistent(path):
     solution, grade ids are unique, and each exercise's <details> answer is its own manually
     graded cell (nbgrader drops it from the student edition)."""
     nb = json.loads(path.read_text())
-    graded = any("nbgrader" in c.get("metadata", {}) for c in nb["cells"])  # 08: not yet
     ids, solution_seen = [], False
     for cell in nb["cells"]:
         source = "".join(cell["source"])
@@ -55,7 +54,7 @@ def test_nbgrader_marks_are_consistent(path):
                 f"{path.name}: a solution region outside a solution cell"
             )
             assert source.count("### BEGIN SOLUTION") == source.count("### END SOLUTION")
-        if "<details>" in source and graded:
+        if "<details>" in source:
             assert meta and meta["solution"] and meta["grade"], (
                 f"{path.name}: a <details> answer that is not a manually graded answer cell"
             )
@@ -85,3 +84,14 @@ def test_student_edition_drops_solutions_and_keeps_tests():
         c.source for c in student.cells if c.get("metadata", {}).get("nbgrader", {}).get("points")
     ]
     assert [s for s in kept if "assert" in s] == [s for s in tests_before if "assert" in s]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_student_edition_of_every_notebook_hides_every_answer(path):
+    """No notebook's student edition keeps a solution region or a <details> answer."""
+    nbformat = pytest.importorskip("nbformat")
+    clear = pytest.importorskip("nbgrader.preprocessors").ClearSolutions()
+    student, _ = clear.preprocess(nbformat.read(path, as_version=4), {"language": "python"})
+    text = "\n".join(c.source for c in student.cells)
+    assert "### BEGIN SOLUTION" not in text, f"{path.name}: a solution left in the student edition"
+    assert "<details>" not in text, f"{path.name}: an answer left in the student edition"
