@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from paulkit import config as C
 from paulkit import data as D
 from paulkit import evaluation, models, runtime, train, utils
+from paulkit.paths import shown_path
 
 __all__ = [
     "jaccard_distance",
@@ -908,7 +909,7 @@ def _train_cluster(cfg, pretrained, device, checkpoint, progress, stop_after, re
         if restart:
             if runtime.env_rank() == 0:  # the other ranks start afresh without touching it
                 moved = utils.move_aside(checkpoint)
-                print(f"--restart: moved {checkpoint} aside to {moved.name}")
+                print(f"--restart: moved {shown_path(checkpoint)} aside to {moved.name}")
         else:
             state = check_checkpoint(utils.load_checkpoint(checkpoint), cfg, checkpoint)
             model.load_state_dict(state["model"])
@@ -980,10 +981,14 @@ def load_model(path, device: str | torch.device = "cpu") -> tuple[nn.Module, dic
     state = utils.load_checkpoint(path)
     if not isinstance(state, dict) or state.get("phase") != PHASE:
         raise utils.CheckpointError(f"{Path(path)} is not a Cluster Contrast checkpoint")
+    return _model_from_state(state, device), state
+
+
+def _model_from_state(state: dict, device) -> nn.Module:
     cfg = C.config_from_dict(state["config"])
     model = train.build_model(cfg, None, pretrain=False, backbone_weights=False)
     models.load_pretrained(model, state["model"])
-    return model.to(device), state
+    return model.to(device)
 
 
 def train_or_load(
@@ -1007,10 +1012,12 @@ def train_or_load(
         if path.exists() and not restart:
             state = check_checkpoint(utils.load_checkpoint(path), cfg, path)
             if state["epoch"] >= cfg.cluster.epochs:
-                model, _ = load_model(path, rt.device)
-                print(f"loaded {PHASE} checkpoint {path} (epoch {state['epoch']})")
+                model = _model_from_state(state, rt.device)  # the file is read once
+                print(f"loaded {PHASE} checkpoint {shown_path(path)} (epoch {state['epoch']})")
                 return model, state["history"]
-            print(f"resuming {PHASE} from {path} at epoch {state['epoch']} of {cfg.cluster.epochs}")
+            print(
+                f"resuming {PHASE} from {shown_path(path)} at epoch {state['epoch']} of {cfg.cluster.epochs}"
+            )
         if pretrained is None:
             try:
                 pretrained, _ = train.train_or_load(

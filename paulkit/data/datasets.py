@@ -255,10 +255,6 @@ class ReidDataset:
         """Number of cameras seen in the training split."""
         return len({r.camid for r in self.train})
 
-    @property
-    def num_train_imgs(self) -> int:
-        return len(self.train)
-
     def stats(self) -> dict[str, dict[str, int]]:
         """Identities, images and cameras per split, e.g. ``stats()["train"]["ids"]``.
 
