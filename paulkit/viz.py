@@ -472,10 +472,15 @@ _RESULT_ROWS = (
 _RESULT_COLORS = ("C7", "C0", "C1", "C1", "C2", "C2", "C3")
 
 
-def plot_results(table: Mapping[str, Any], figsize: tuple[float, float] = (11.0, 3.8)) -> Figure:
+def plot_results(
+    table: Mapping[str, Any],
+    figsize: tuple[float, float] = (11.0, 3.8),
+    cluster: bool = False,
+) -> Figure:
     """The held-out results of one preset (an entry of ``docs/results.json``): target mAP per
     row, mean with one standard deviation over all runs and the best colour histogram as a
-    dashed line (left); direct transfer, AdaBN and PAUL joined per run (right).
+    dashed line (left); direct transfer, AdaBN and PAUL joined per run (right). ``cluster``:
+    Cluster Contrast (notebook 09) in both panels too, when every run has it.
 
     Taught in: notebooks/07_evaluation.ipynb (section 8); drawn into docs/results.png by
     :func:`paulkit.reproduce.render_results_figure`.
@@ -485,16 +490,26 @@ def plot_results(table: Mapping[str, Any], figsize: tuple[float, float] = (11.0,
         raise ValueError(
             f"results table lacks {missing}: make it with `python -m paulkit reproduce`"
         )
-    means = [100 * table[r]["mAP"] for r in _RESULT_ROWS]
-    stds = [100 * table[r].get("mAP_std", 0.0) for r in _RESULT_ROWS]
+    rows, colors = list(_RESULT_ROWS), list(_RESULT_COLORS)
+    runs = table["per_seed"].values()
+    cluster = (
+        cluster
+        and bool(table.get("cluster_contrast"))
+        and all("cluster_contrast" in r for r in runs)
+    )
+    if cluster:  # measured later (reproduce --rows): drawn once every run has it
+        rows.insert(-1, "cluster_contrast")
+        colors.insert(-1, "C4")
+    means = [100 * table[r]["mAP"] for r in rows]
+    stds = [100 * table[r].get("mAP_std", 0.0) for r in rows]
     fig = Figure(figsize=figsize)
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     ax.bar(
-        _RESULT_ROWS,
+        rows,
         means,
         yerr=stds,
         capsize=3,
-        color=_RESULT_COLORS,
+        color=colors,
         label="mean ± std over runs",
     )
     hist = table["histogram"]
@@ -511,12 +526,18 @@ def plot_results(table: Mapping[str, Any], figsize: tuple[float, float] = (11.0,
     )
     ax.legend(loc="upper left")
     ax.tick_params(axis="x", rotation=20)
-    paired = ("direct_transfer", "adabn", "paul")
+    paired = ("direct_transfer", "adabn", "paul") + (("cluster_contrast",) if cluster else ())
+    names = ["direct", "AdaBN", "PAUL", "Cluster\nContrast"][: len(paired)]
+    values = []
     for run, r in table["per_seed"].items():
-        ax2.plot(range(3), [100 * r[k]["mAP"] for k in paired], marker="o", ms=4, lw=1, label=run)
-    ax2.set_xticks(range(3), ["direct", "AdaBN", "PAUL"])
+        x, y = range(len(paired)), [100 * r[k]["mAP"] for k in paired]
+        ax2.plot(x, y, marker="o", ms=4, lw=1, label=run)
+        values += y
+    lo, hi = min(values), max(values)
+    ax2.set_ylim(lo - 0.5 * (hi - lo), hi + 0.05 * (hi - lo))  # room below for the legend
+    ax2.set_xticks(range(len(paired)), names)
     ax2.set_ylabel("target mAP (%)")
     ax2.set_title("each held-out run")
-    ax2.legend(fontsize=SMALL, ncol=2)
+    ax2.legend(fontsize=SMALL, ncol=3, loc="lower center")
     fig.tight_layout()
     return fig

@@ -147,10 +147,22 @@ def test_plot_results_draws_the_results_json_and_names_what_is_missing(tmp_path)
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     table = json.loads((docs / "results.json").read_text())["tutorial"]
-    fig = viz.plot_results(table)
+    assert len(viz.plot_results(table).axes[0].patches) == 7  # notebook 07: PAUL's rows
+    fig = viz.plot_results(table, cluster=True)
     bars, runs = fig.axes
-    assert len(bars.patches) == 7 and bars.get_ylabel() == "target mAP (%)"
+    assert len(bars.patches) == 8 and bars.get_ylabel() == "target mAP (%)"
     assert len(runs.lines) == len(table["per_seed"]) and runs.get_legend() is not None
+    assert "cluster_contrast" in [t.get_text() for t in bars.get_xticklabels()]
+    assert len(runs.lines[0].get_xdata()) == 4  # direct, AdaBN, PAUL, Cluster Contrast
+    # a table measured before the Cluster Contrast row (or with it on only some runs)
+    older = {k: v for k, v in table.items() if k != "cluster_contrast"}
+    assert len(viz.plot_results(older, cluster=True).axes[0].patches) == 7
+    some = dict(table, per_seed=dict(table["per_seed"]))
+    first = next(iter(some["per_seed"]))
+    some["per_seed"][first] = {
+        k: v for k, v in some["per_seed"][first].items() if k != "cluster_contrast"
+    }
+    assert len(viz.plot_results(some, cluster=True).axes[0].patches) == 7
     with pytest.raises(ValueError, match="paulkit reproduce"):
         viz.plot_results({k: v for k, v in table.items() if k != "adabn"})
     (tmp_path / "results.json").write_text(json.dumps({"tutorial": table}))
