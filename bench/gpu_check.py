@@ -531,6 +531,7 @@ def _cfg(ctx, *extra):
         f"data.width={S['width']}",
         f"adapt.batch_size={S['batch']}",
         f"adapt.num_views={S['views']}",
+        "cpu_threads=0",  # keep --threads (a dry run on the CPU); on a GPU it does nothing
         *extra,
     ]
     return C.override(C.get_preset("synth_gpu"), *sets), sets

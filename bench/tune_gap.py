@@ -33,6 +33,8 @@ from paulkit import config as C
 from paulkit import reproduce, runtime, train
 from paulkit.data import synth
 
+THREADS = 0  # --threads: the CPU threads of every run here (0: the preset's cpu_threads)
+
 # The target of generator version 2 (the first session's default): darker, more colourful
 # and busier scenes, more blur, noise and compression than the source, casts of 0.14.
 V2_TARGET = {
@@ -96,6 +98,8 @@ def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> st
     synth.DOMAINS["target"] = dataclasses.replace(synth.TARGET, **target_knobs)
     try:
         cfg = C.override(C.get_preset(preset), "data.synth_seed=0", f"seed={seed}", *sets)
+        if THREADS:  # --threads: the runs' CPU threads (runtime.make_runtime sets them)
+            cfg = C.override(cfg, f"cpu_threads={THREADS}")
         cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, eval_every=2))
         t0 = time.perf_counter()
         rt = runtime.make_runtime(cfg, device)
@@ -148,6 +152,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown experiment(s) {unknown}; --list shows the names")
     if args.threads:
+        global THREADS
+        THREADS = args.threads
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PAULKIT_SYNTH"] = args.synth or os.path.join(tmp, "synth")

@@ -172,6 +172,12 @@ class Config:
     # Several processes (torchrun, docs/scaling.md): SyncBatchNorm over all ranks instead of
     # per-rank BatchNorm statistics (CUDA only). A runtime switch like amp: not in phase_hash.
     sync_bn: bool = False
+    # Intra-op threads of a one-process run on the CPU (runtime.make_runtime sets them): a
+    # CPU result depends on the thread count bit for bit (a reduction is split per thread),
+    # so a run fixes it rather than taking one thread per core of whatever machine runs it.
+    # 2: what every published CPU number used. 0: torch's default (not reproducible across
+    # machines). A runtime switch like amp: in neither config_hash nor phase_hash.
+    cpu_threads: int = 2
 
 
 def _paper(name: str, target: str, batch: int, scale: float) -> Config:
@@ -374,6 +380,7 @@ def validate(cfg: Config) -> Config:
         ("model.patch_dim", m.patch_dim, 1),
         ("model.embed_dim", m.embed_dim, 1),
         ("model.small_width", m.small_width, 1),
+        ("cpu_threads", cfg.cpu_threads, 0),
     ]
     for key, value, low in at_least:
         if value < low:
@@ -462,11 +469,12 @@ def hashed_dict(cfg: Config) -> dict[str, Any]:
     """What :func:`config_hash` hashes: :func:`config_to_dict` with the keys of
     :data:`RENAMED` under their old names and those of :data:`DELETED` with their value, so
     that a rename or a deletion changes no published hash (docs/results.json). The
-    ``cluster`` section is left out: it changes no PAUL phase, and Cluster Contrast's
+    ``cluster`` section and ``cpu_threads`` are left out: the section changes no PAUL phase, and Cluster Contrast's
     checkpoints compare their own settings (:func:`paulkit.cluster.settings`), so adding it
     changed no published hash either."""
     d = config_to_dict(cfg)
     d.pop("cluster")
+    d.pop("cpu_threads")  # a runtime switch, added after hashes were published
     for old, new in RENAMED.items():
         (section, old_key), new_key = old.split("."), new.split(".")[1]
         d[section] = {old_key if k == new_key else k: v for k, v in d[section].items()}

@@ -187,7 +187,10 @@ def make_runtime(
     """Pick the device (CUDA, then MPS, then CPU, or ``device``) and its speed switches.
 
     On CUDA: bf16 autocast where supported, else fp16 with a gradient scaler;
-    channels_last; pinned memory; ``cudnn.benchmark`` (unless deterministic).
+    channels_last; pinned memory; ``cudnn.benchmark`` (unless deterministic). On the CPU, in
+    one process: ``torch.set_num_threads(cfg.cpu_threads)`` (unless 0), since the thread
+    count changes a CPU run's numbers in their last bits and DBSCAN or a long training
+    makes those bits visible.
 
     Under torchrun (``distributed=None`` and RANK/WORLD_SIZE/LOCAL_RANK set, or ``True``)
     the process joins the group: NCCL on LOCAL_RANK's GPU, gloo on the CPU (:func:`setup`),
@@ -206,6 +209,10 @@ def make_runtime(
     rt = Runtime(device=dev, rank=rank, world_size=world)
     if world > 1:
         rt.gather = ddp.all_gather_cat
+    if dev.type == "cpu" and world == 1 and cfg.cpu_threads > 0:
+        # A CPU result depends on the thread count bit for bit: the run fixes it (cfg).
+        # Under torchrun each rank keeps its own (docs/scaling.md sets OMP_NUM_THREADS).
+        torch.set_num_threads(cfg.cpu_threads)
     if dev.type == "cuda":
         rt.pin_memory = True
         rt.channels_last = cfg.channels_last

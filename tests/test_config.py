@@ -93,11 +93,13 @@ def test_the_old_name_of_a_renamed_key_is_read_with_a_deprecation_warning():
 
 def test_a_config_stored_by_an_older_paulkit_is_read():
     """A checkpoint's config from before the renames: data.synth_preset, and compile; and
-    from before the cluster section (read with its defaults, hashed as before)."""
+    from before the cluster section and cpu_threads (read with their defaults, hashed as
+    before)."""
     tutorial = config.get_preset("tutorial")
     old = config.config_to_dict(tutorial)
     old["data"]["synth_preset"] = old["data"].pop("synth_size")
     old["compile"] = False
+    del old["cpu_threads"]  # added later, with its default
     assert config.config_from_dict(old) == tutorial
     del old["cluster"]
     assert config.config_from_dict(old) == dataclasses.replace(

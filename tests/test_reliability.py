@@ -38,7 +38,7 @@ def test_harmless_changes_keep_the_phase_hash(tmp_path, monkeypatch):
         ["data.num_workers=3"],
         ["adapt.eval_every=7"],
         ["adapt.epochs=9", "pretrain.epochs=5"],
-        ["amp=false", "sync_bn=true"],
+        ["amp=false", "sync_bn=true", "cpu_threads=0"],
     ):
         other = C.override(cfg, *sets)
         assert {p: train.phase_hash(other, p) for p in ("pretrain", "oracle")} == {
@@ -239,6 +239,7 @@ def test_run_lock_is_reentrant_and_exclusive_across_open_files(tmp_path):
         ("pretrain.batch_size", "0"),
         ("adapt.batch_size", "1"),
         ("adapt.num_views", "0"),
+        ("cpu_threads", "-1"),
     ],
 )
 def test_impossible_settings_are_refused_before_any_work(capsys, tmp_path, key, value):

@@ -251,6 +251,31 @@ def test_same_seed_same_model_whatever_is_displayed_and_however_many_workers(tmp
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
 
 
+def test_same_model_whatever_thread_count_the_process_had(tmp_path):
+    """A CPU run's numbers depend on the intra-op thread count in their last bits; the run
+    fixes it (``cpu_threads``, set by runtime.make_runtime), so the machine's core count or
+    an ``OMP_NUM_THREADS`` changes nothing. ``cpu_threads=0`` (torch's default) is the
+    control: there the thread count shows."""
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        for fixed in (2, 0):
+            cfg = C.override(
+                tiny_cfg(), "pretrain.epochs=1", "adapt.epochs=1", f"cpu_threads={fixed}"
+            )
+            for t in (1, 3):
+                torch.set_num_threads(t)
+                pre, _ = train.pretrain(cfg, "cpu", tmp_path / f"p{fixed}{t}.pt", progress=False)
+                assert torch.get_num_threads() == (fixed or t)
+                torch.set_num_threads(t)
+                a, _ = train.adapt(cfg, pre, "cpu", tmp_path / f"a{fixed}{t}.pt", progress=False)
+                runs[fixed, t] = (pre, a)
+    finally:
+        torch.set_num_threads(threads)
+    assert same_weights(runs[2, 1][0], runs[2, 3][0]) and same_weights(runs[2, 1][1], runs[2, 3][1])
+    assert not same_weights(runs[0, 1][0], runs[0, 3][0])  # the control
+
+
 def test_adaptation_keeps_the_last_partial_batch_unless_told():
     cfg = tiny_cfg()  # 96 images would divide: use 90
     n = 90
