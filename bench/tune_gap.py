@@ -33,8 +33,6 @@ from paulkit import config as C
 from paulkit import reproduce, runtime, train
 from paulkit.data import synth
 
-THREADS = 0  # --threads: the CPU threads of every run here (0: the preset's cpu_threads)
-
 # The target of generator version 2 (the first session's default): darker, more colourful
 # and busier scenes, more blur, noise and compression than the source, casts of 0.14.
 V2_TARGET = {
@@ -91,15 +89,15 @@ def pct(m: dict) -> str:
     return f"{100 * m['mAP']:.1f} / {100 * m['rank1']:.1f}"
 
 
-def run(name: str, preset: str, seed: int, out: str, oracle: bool, device) -> str:
+def run(name: str, preset: str, seed: int, out: str, oracle: bool, device, threads: int = 0) -> str:
     source_knobs, target_knobs, sets = EXPERIMENTS[name]
     saved = dict(synth.DOMAINS)
     synth.DOMAINS["source"] = dataclasses.replace(synth.SOURCE, **source_knobs)
     synth.DOMAINS["target"] = dataclasses.replace(synth.TARGET, **target_knobs)
     try:
         cfg = C.override(C.get_preset(preset), "data.synth_seed=0", f"seed={seed}", *sets)
-        if THREADS:  # --threads: the runs' CPU threads (runtime.make_runtime sets them)
-            cfg = C.override(cfg, f"cpu_threads={THREADS}")
+        if threads:  # --threads: the run's CPU threads (runtime.make_runtime sets them)
+            cfg = C.override(cfg, f"cpu_threads={threads}")
         cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, eval_every=2))
         t0 = time.perf_counter()
         rt = runtime.make_runtime(cfg, device)
@@ -152,8 +150,6 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown experiment(s) {unknown}; --list shows the names")
     if args.threads:
-        global THREADS
-        THREADS = args.threads
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PAULKIT_SYNTH"] = args.synth or os.path.join(tmp, "synth")
@@ -164,7 +160,8 @@ def main() -> None:
         print("| " + " | ".join(head + ["PAUL - AdaBN", "time"]) + " |")
         print("|" + "---|" * (len(head) + 2))
         for name in args.names:
-            print(run(name, args.preset, args.seed, out, args.oracle, args.device), flush=True)
+            line = run(name, args.preset, args.seed, out, args.oracle, args.device, args.threads)
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -468,10 +468,10 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 def hashed_dict(cfg: Config) -> dict[str, Any]:
     """What :func:`config_hash` hashes: :func:`config_to_dict` with the keys of
     :data:`RENAMED` under their old names and those of :data:`DELETED` with their value, so
-    that a rename or a deletion changes no published hash (docs/results.json). The
-    ``cluster`` section and ``cpu_threads`` are left out: the section changes no PAUL phase, and Cluster Contrast's
-    checkpoints compare their own settings (:func:`paulkit.cluster.settings`), so adding it
-    changed no published hash either."""
+    that a rename or a deletion changes no published hash (docs/results.json). Left out:
+    the ``cluster`` section (it changes no PAUL phase, and Cluster Contrast's checkpoints
+    compare their own settings, :func:`paulkit.cluster.settings`) and ``cpu_threads`` (a
+    runtime switch); adding either changed no published hash."""
     d = config_to_dict(cfg)
     d.pop("cluster")
     d.pop("cpu_threads")  # a runtime switch, added after hashes were published

@@ -826,8 +826,9 @@ def evaluate_model(
 # What a phase's checkpoint depends on. Left out on purpose: where the data lives
 # (data.root: a path, the same data set anywhere), how it is read (data.num_workers: the
 # random streams are keyed by seed, epoch and item, so workers change nothing), when the
-# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, sync_bn, cpu_threads), and the phase's own number of epochs: more epochs continue a checkpoint; fewer
-# than it holds are refused (see train_or_load).
+# model is evaluated (adapt.eval_every), runtime switches (amp, channels_last, sync_bn,
+# cpu_threads), and the phase's own number of epochs: more epochs continue a checkpoint;
+# fewer than it holds are refused (see train_or_load).
 _NOT_HASHED = {
     "name",
     "data.root",
