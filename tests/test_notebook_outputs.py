@@ -1,8 +1,9 @@
 """Committed notebook outputs must read as results, not as accidents of the run that made them:
 no stray object reprs (``<matplotlib.legend.Legend at 0x...>``: end the cell with ``;``), no
 progress bars frozen as widgets (a saved ipywidgets bar shows ``0%``: pass ``progress=False``),
-and no folders of the machine that executed them (paulkit prints paths relative to the project,
-``paulkit.paths.shown_path``)."""
+no folders of the machine that executed them (paulkit prints paths relative to the project,
+``paulkit.paths.shown_path``), and no figure call that showed nothing (a ``Figure`` returned
+inside a block is not displayed: ``display(...)`` it)."""
 
 import json
 import re
@@ -16,6 +17,7 @@ TEXT_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex")
 OBJECT_REPR = re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-fA-F]+>")
 PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's "  0%|          | 0/79 [...]"
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|tmp|root)/")
+FIGURE_CALL = re.compile(r"\bplot_\w+\(")  # paulkit.viz / paulkit.explorer figure functions
 
 
 def _text(value) -> str:
@@ -27,6 +29,11 @@ def defects(nb: dict) -> list[str]:
     found = []
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     for n, cell in enumerate(code, 1):
+        shown = any(
+            k.startswith("image/") for o in cell.get("outputs", []) for k in o.get("data", {})
+        )
+        if FIGURE_CALL.search(_text(cell.get("source", ""))) and not shown:
+            found.append(f"code cell {n}: draws a figure but shows none (display(...) it)")
         for out in cell.get("outputs", []):
             kind = out.get("output_type")
             if kind == "stream":
@@ -94,3 +101,6 @@ def test_the_check_finds_each_kind_of_defect():
         "text": "loaded outputs/tutorial/a.pt (data/synth)",
     }
     assert defects(_nb(figure, explorer, relative)) == []
+    hidden = {"cell_type": "code", "source": "if t:\n    viz.plot_results(t)", "outputs": []}
+    assert len(defects({"cells": [hidden]})) == 1
+    assert defects({"cells": [dict(hidden, outputs=[figure])]}) == []
